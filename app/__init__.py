@@ -1,0 +1,1 @@
+"""jamins: a name server for Jami."""

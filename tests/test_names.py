@@ -1,0 +1,420 @@
+"""Tables of cases for the name policy and the address rules (app/names.py)."""
+
+# Look-alike characters are what these tables are about.
+# ruff: noqa: RUF001
+
+import unicodedata
+
+import pytest
+
+from app.names import (
+    MAX_BYTES,
+    InvalidAddress,
+    InvalidName,
+    check_lookup_name,
+    check_registration_name,
+    decode_path_segment,
+    fold,
+    from_bytes32,
+    normalize_jami_id,
+    normalize_owner,
+    to_bytes32,
+)
+
+NFD_ELODIE = "e\u0301lodie"  # "élodie" with a combining acute accent
+NFD_HANGUL = unicodedata.normalize("NFD", "김철수")  # conjoining jamo, as some keyboards send
+HEX40 = "90dc0871b22e1da63f12551281366b9231c2d2e1"
+
+# Names every check accepts, as registered (NFC, no ASCII uppercase), with their fold.
+VALID_NAMES = [
+    pytest.param("rawname2", "rawname2", id="legacy-plain"),
+    pytest.param("abc", "abc", id="legacy-min-3-chars"),
+    pytest.param("a" * 32, "a" * 32, id="legacy-max-32-chars"),
+    pytest.param("foo-bar_9", "foo-bar_9", id="legacy-dash-underscore-digit"),
+    pytest.param("123", "123", id="legacy-digits-only"),
+    pytest.param("-_-", "-_-", id="legacy-punctuation-only"),
+    pytest.param("élodie", "élodie", id="latin-accent"),
+    pytest.param("Élodie", "élodie", id="latin-non-ascii-uppercase"),
+    pytest.param("straße", "strasse", id="latin-sharp-s"),
+    pytest.param("łódź", "łódź", id="latin-polish"),
+    pytest.param("nguyễn", "nguyễn", id="latin-vietnamese"),
+    pytest.param("q\u0303q", "q\u0303q", id="mark-after-letter-no-precomposed"),
+    pytest.param("Ελληνικά", "ελληνικά", id="greek"),
+    pytest.param("λόγος", "λόγοσ", id="greek-final-sigma"),
+    pytest.param("дмитрий", "дмитрий", id="cyrillic"),
+    pytest.param("山田たろう", "山田たろう", id="japanese-han-hiragana"),
+    pytest.param("山田タロー", "山田タロー", id="japanese-han-katakana-prolonged-mark"),
+    pytest.param("佐々木", "佐々木", id="japanese-iteration-mark"),
+    pytest.param("김철수", "김철수", id="korean-hangul"),
+    pytest.param("金철수", "金철수", id="korean-han-hangul"),
+    pytest.param("王ㄅㄆ", "王ㄅㄆ", id="han-bopomofo"),
+    pytest.param("山" * 10, "山" * 10, id="han-10-chars-30-bytes"),
+    pytest.param("é" * 16, "é" * 16, id="latin-16-chars-32-bytes"),
+    pytest.param("नमस्ते", "नमस्ते", id="devanagari-with-marks"),
+    pytest.param("محمد", "محمد", id="arabic"),
+    pytest.param("שלום", "שלום", id="hebrew"),
+    pytest.param("สวัสดี", "สวัสดี", id="thai-with-marks"),
+    pytest.param("jean-2024_é", "jean-2024_é", id="latin-with-neutral-characters"),
+]
+
+# Names both checks refuse, with a fragment of the reason.
+INVALID_NAMES = [
+    pytest.param("", "3 to 32", id="empty"),
+    pytest.param("ab", "3 to 32", id="2-chars"),
+    pytest.param("a" * 33, "3 to 32", id="33-chars"),
+    pytest.param("山" * 11, "32 UTF-8 bytes", id="han-11-chars-33-bytes"),
+    pytest.param("é" * 17, "32 UTF-8 bytes", id="latin-17-chars-34-bytes"),
+    pytest.param("ab cd", "not allowed", id="space"),
+    pytest.param("ab.cd", "not allowed", id="dot"),
+    pytest.param("ab/cd", "not allowed", id="slash"),
+    pytest.param("ab@cd", "not allowed", id="at-sign"),
+    pytest.param("ab+cd", "not allowed", id="plus"),
+    pytest.param("ab'cd", "not allowed", id="apostrophe"),
+    pytest.param("ab%cd", "not allowed", id="percent"),
+    pytest.param("abc\x00", "not allowed", id="nul"),
+    pytest.param("ab\tcd", "not allowed", id="tab"),
+    pytest.param("ab\x7fcd", "not allowed", id="delete"),
+    pytest.param("ab\x85cd", "not allowed", id="c1-control"),
+    pytest.param("ab\u00a0cd", "compatibility", id="no-break-space"),
+    pytest.param("ab\u3000cd", "compatibility", id="ideographic-space"),
+    pytest.param("ab\u200dcd", "invisible", id="zero-width-joiner"),
+    pytest.param("ab\u200ccd", "invisible", id="zero-width-non-joiner"),
+    pytest.param("ab\u200bcd", "invisible", id="zero-width-space"),
+    pytest.param("ab\u00adcd", "invisible", id="soft-hyphen"),
+    pytest.param("\ufeffabc", "invisible", id="byte-order-mark"),
+    pytest.param("ab\u202ecd", "invisible", id="right-to-left-override"),
+    pytest.param("abc\ufe0f", "invisible", id="variation-selector-mark"),
+    pytest.param("ab\u034fcd", "invisible", id="combining-grapheme-joiner"),
+    pytest.param("김\u115f수", "invisible", id="hangul-filler-letter"),
+    pytest.param("محـمد", "invisible", id="arabic-tatweel"),
+    pytest.param("ab\u2062cd", "invisible", id="invisible-times"),
+    pytest.param("abc😀", "not allowed", id="emoji"),
+    pytest.param("ab♥cd", "not allowed", id="symbol"),
+    pytest.param("ab\ue000cd", "not allowed", id="private-use"),
+    pytest.param("ab\u0378cd", "not allowed", id="unassigned"),
+    pytest.param("ab\ud800cd", "surrogate", id="lone-surrogate"),
+    pytest.param("\U00017000\U00017001\U00017002", "unnamed letter", id="tangut-no-name"),
+    pytest.param("ａｂｃ", "compatibility", id="fullwidth-latin"),
+    pytest.param("ｱｲｳ", "compatibility", id="halfwidth-katakana"),
+    pytest.param("ﬁsh", "compatibility", id="ligature-fi"),
+    pytest.param("ſtop", "compatibility", id="long-s"),
+    pytest.param("ab²", "compatibility", id="superscript-two"),
+    pytest.param("ªbc", "compatibility", id="feminine-ordinal"),
+    pytest.param("ǅemal", "compatibility", id="titlecase-digraph"),
+    pytest.param("ℌello", "compatibility", id="letterlike-symbol"),
+    pytest.param("ʼabc", "modifier letter", id="modifier-letter-apostrophe"),
+    pytest.param("abcˈ", "modifier letter", id="modifier-letter-vertical-line"),
+    pytest.param("abc٣", "not allowed", id="arabic-indic-digit"),
+    pytest.param("abc३", "not allowed", id="devanagari-digit"),
+    pytest.param("abc৪", "not allowed", id="bengali-digit-like-8"),
+    pytest.param("abc𝟏", "compatibility", id="mathematical-digit"),
+    pytest.param("abcⅣ", "compatibility", id="roman-numeral"),
+    pytest.param("\u0301abc", "not after a letter", id="mark-first"),
+    pytest.param("ab1\u0301", "not after a letter", id="mark-after-digit"),
+    pytest.param("ab-\u0301", "not after a letter", id="mark-after-dash"),
+    pytest.param("abc\u20dd", "not allowed", id="enclosing-mark"),
+    pytest.param("p\u0430ypal", "mixes scripts", id="mixed-latin-cyrillic-a"),
+    pytest.param("abcдеф", "mixes scripts", id="mixed-latin-cyrillic"),
+    pytest.param("ελλάδαabc", "mixes scripts", id="mixed-greek-latin"),
+    pytest.param("山田abc", "mixes scripts", id="mixed-han-latin"),
+    pytest.param("김たろう", "mixes scripts", id="mixed-hangul-hiragana"),
+    pytest.param("ㄅㄆたろ", "mixes scripts", id="mixed-bopomofo-hiragana"),
+    pytest.param("ωmega", "mixes scripts", id="mixed-greek-omega-latin"),
+]
+
+
+@pytest.mark.parametrize(("name", "folded"), VALID_NAMES)
+def test_check_lookup_name_accepts(name: str, folded: str) -> None:
+    assert check_lookup_name(name) == folded
+
+
+@pytest.mark.parametrize(("name", "folded"), VALID_NAMES)
+def test_check_registration_name_accepts(name: str, folded: str) -> None:
+    assert check_registration_name(name) == folded
+
+
+@pytest.mark.parametrize(("name", "reason"), INVALID_NAMES)
+def test_check_lookup_name_refuses(name: str, reason: str) -> None:
+    with pytest.raises(InvalidName, match=reason):
+        check_lookup_name(name)
+
+
+@pytest.mark.parametrize(("name", "reason"), INVALID_NAMES)
+def test_check_registration_name_refuses(name: str, reason: str) -> None:
+    with pytest.raises(InvalidName, match=reason):
+        check_registration_name(name)
+
+
+# Where lookups and registrations differ: the form of the name.
+FORM_CASES = [
+    pytest.param("RawName", "rawname", id="ascii-uppercase"),
+    pytest.param("FooBar", "foobar", id="ascii-camel-case"),
+    pytest.param("ÉLODIE", "élodie", id="ascii-and-non-ascii-uppercase"),
+    pytest.param(NFD_ELODIE, "élodie", id="nfd-accent"),
+    pytest.param("E\u0301LODIE", "élodie", id="nfd-uppercase"),
+    pytest.param(NFD_HANGUL, "김철수", id="nfd-hangul-jamo"),
+    pytest.param("STRASSE", "strasse", id="ascii-uppercase-matches-sharp-s"),
+    pytest.param("ΛΌΓΟΣ", "λόγοσ", id="greek-uppercase"),
+]
+
+
+@pytest.mark.parametrize(("name", "folded"), FORM_CASES)
+def test_check_lookup_name_accepts_form(name: str, folded: str) -> None:
+    assert check_lookup_name(name) == folded
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        pytest.param("RawName", "ASCII uppercase", id="ascii-uppercase"),
+        pytest.param("FooBar", "ASCII uppercase", id="ascii-camel-case"),
+        pytest.param("ÉLODIE", "ASCII uppercase", id="ascii-and-non-ascii-uppercase"),
+        pytest.param(NFD_ELODIE, "NFC", id="nfd-accent"),
+        pytest.param("E\u0301LODIE", "NFC", id="nfd-uppercase"),
+        pytest.param(NFD_HANGUL, "NFC", id="nfd-hangul-jamo"),
+    ],
+)
+def test_check_registration_name_refuses_form(name: str, reason: str) -> None:
+    with pytest.raises(InvalidName, match=reason):
+        check_registration_name(name)
+
+
+def test_check_registration_name_accepts_non_ascii_uppercase() -> None:
+    assert check_registration_name("ΛΌΓΟΣ") == "λόγοσ"
+
+
+def test_check_lookup_name_folds_nfd_like_nfc() -> None:
+    assert check_lookup_name(NFD_ELODIE) == check_lookup_name("élodie") == fold("élodie")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("straße", "strasse", id="sharp-s-ss"),
+        pytest.param("STRASSE", "straße", id="uppercase-ss-sharp-s"),
+        pytest.param("ὀδυσσεύς", "ὀδυσσεύς", id="same"),
+        pytest.param("λόγος", "λόγοσ", id="final-sigma-sigma"),
+        pytest.param("ΛΌΓΟΣ", "λόγος", id="capital-sigma-final-sigma"),
+        pytest.param("Élodie", "élodie", id="e-acute-upper-lower"),
+        pytest.param("E\u0301lodie", "élodie", id="nfd-upper-nfc-lower"),
+        pytest.param("FooBar", "foobar", id="ascii-case"),
+        pytest.param("ДМИТРИЙ", "дмитрий", id="cyrillic-case"),
+    ],
+)
+def test_fold_matches(first: str, second: str) -> None:
+    assert fold(first) == fold(second)
+
+
+@pytest.mark.parametrize(
+    ("name", "folded"),
+    [
+        pytest.param("FooBar", "foobar", id="ascii"),
+        pytest.param("straße", "strasse", id="sharp-s"),
+        pytest.param("ς", "σ", id="final-sigma"),
+        pytest.param("É", "é", id="e-acute"),
+        pytest.param("E\u0301", "é", id="nfd-gives-nfc"),
+        pytest.param("İstanbul", "i\u0307stanbul", id="dotted-capital-i"),
+    ],
+)
+def test_fold_gives(name: str, folded: str) -> None:
+    assert fold(name) == folded
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("paypal", "p\u0430ypal", id="latin-cyrillic"),
+        pytest.param("abc", "abc\ufe0f", id="variation-selector"),
+        pytest.param("dmitri", "dmitrii", id="different"),
+    ],
+)
+def test_fold_differs(first: str, second: str) -> None:
+    assert fold(first) != fold(second)
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        pytest.param("rawname", "rawname", id="plain"),
+        pytest.param("%C3%89lodie", "Élodie", id="uppercase-hex-escape"),
+        pytest.param("%c3%a9lodie", "élodie", id="lowercase-hex-escape"),
+        pytest.param("a%2Fb", "a/b", id="encoded-slash"),
+        pytest.param("a+b", "a+b", id="plus-is-not-space"),
+        pytest.param("a%20b", "a b", id="encoded-space"),
+        pytest.param("%00ab", "\x00ab", id="encoded-nul"),
+        pytest.param("élodie", "élodie", id="raw-non-ascii-text"),
+        pytest.param(b"%E5%B1%B1%E7%94%B0", "山田", id="bytes"),
+        pytest.param(b"\xc3\xa9lodie", "élodie", id="raw-utf8-bytes"),
+        pytest.param("", "", id="empty"),
+    ],
+)
+def test_decode_path_segment_decodes(raw: bytes | str, decoded: str) -> None:
+    assert decode_path_segment(raw) == decoded
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param("%ZZabc", "percent-escape", id="non-hex-escape"),
+        pytest.param("abc%4", "percent-escape", id="short-escape-at-end"),
+        pytest.param("abc%", "percent-escape", id="lone-percent"),
+        pytest.param("%+1abc", "percent-escape", id="escape-with-sign"),
+        pytest.param("%FFabc", "UTF-8", id="invalid-utf8-byte"),
+        pytest.param("%C3abc", "UTF-8", id="truncated-utf8-sequence"),
+        pytest.param("%C0%AFabc", "UTF-8", id="overlong-utf8"),
+        pytest.param("%ED%A0%80abc", "UTF-8", id="encoded-surrogate"),
+        pytest.param(b"\xffabc", "UTF-8", id="raw-invalid-bytes"),
+        pytest.param("ab\ud800", "UTF-8", id="lone-surrogate-text"),
+    ],
+)
+def test_decode_path_segment_refuses(raw: bytes | str, reason: str) -> None:
+    with pytest.raises(InvalidName, match=reason):
+        decode_path_segment(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("a%2Fbc", id="encoded-slash"),
+        pytest.param("ab+cd", id="plus"),
+        pytest.param("ab%00c", id="encoded-nul"),
+        pytest.param("abc%E2%80%8D", id="encoded-zero-width-joiner"),
+    ],
+)
+def test_check_lookup_name_refuses_decoded(raw: str) -> None:
+    with pytest.raises(InvalidName):
+        check_lookup_name(decode_path_segment(raw))
+
+
+def test_check_lookup_name_accepts_decoded_typed_name() -> None:
+    assert check_lookup_name(decode_path_segment("%C3%89lodie")) == "élodie"
+
+
+@pytest.mark.parametrize(
+    ("value", "normalized"),
+    [
+        pytest.param(HEX40, HEX40, id="plain"),
+        pytest.param(HEX40.upper(), HEX40, id="uppercase"),
+        pytest.param("90DC0871b22E1da63f12551281366b9231c2D2E1", HEX40, id="mixed-case"),
+        pytest.param("0x" + HEX40, HEX40, id="0x"),
+        pytest.param("0X" + HEX40, HEX40, id="0X"),
+        pytest.param("jami:" + HEX40, HEX40, id="jami"),
+        pytest.param("JAMI:" + HEX40, HEX40, id="jami-uppercase"),
+        pytest.param("ring:" + HEX40, HEX40, id="ring"),
+        pytest.param("Ring:" + HEX40.upper(), HEX40, id="ring-mixed-case"),
+        pytest.param("jami:0x" + HEX40, HEX40, id="jami-and-0x"),
+        pytest.param("0" * 40, "0" * 40, id="zero"),
+    ],
+)
+def test_normalize_jami_id_accepts(value: str, normalized: str) -> None:
+    assert normalize_jami_id(value) == normalized
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(HEX40[:-1], id="39-chars"),
+        pytest.param(HEX40 + "0", id="41-chars"),
+        pytest.param("g" + HEX40[1:], id="non-hex"),
+        pytest.param(" " + HEX40, id="leading-space"),
+        pytest.param(HEX40 + "\n", id="trailing-newline"),
+        pytest.param(HEX40[:20] + " " + HEX40[20:39], id="inner-space"),
+        pytest.param("0x", id="prefix-only"),
+        pytest.param("0x0x" + HEX40, id="double-0x"),
+        pytest.param("0x" + "jami:" + HEX40, id="0x-before-jami"),
+        pytest.param("sip:" + HEX40, id="other-scheme"),
+        pytest.param("jami:" + HEX40 + "@host", id="jami-uri-with-host"),
+        pytest.param("jami" + HEX40, id="scheme-without-colon"),
+        pytest.param("٠" * 40, id="non-ascii-digits"),
+        pytest.param("ａ" * 40, id="fullwidth-hex"),
+    ],
+)
+def test_normalize_jami_id_refuses(value: str) -> None:
+    with pytest.raises(InvalidAddress):
+        normalize_jami_id(value)
+
+
+OWNER = "a50cfdaf5428466d7c120c086a57b2aa25cfd867"
+
+
+@pytest.mark.parametrize(
+    ("value", "normalized"),
+    [
+        pytest.param(None, "0" * 40, id="none"),
+        pytest.param("", "0" * 40, id="empty"),
+        pytest.param("0" * 40, "0" * 40, id="zero"),
+        pytest.param("0x" + "0" * 40, "0" * 40, id="zero-0x"),
+        pytest.param(OWNER, OWNER, id="plain"),
+        pytest.param("0x" + OWNER, OWNER, id="0x"),
+        pytest.param("0X" + OWNER.upper(), OWNER, id="0X-uppercase"),
+        pytest.param("0xA50cfDAF5428466d7c120C086a57b2aA25cfd867", OWNER, id="eip55-mixed-case"),
+    ],
+)
+def test_normalize_owner_accepts(value: str | None, normalized: str) -> None:
+    assert normalize_owner(value) == normalized
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("0", id="single-zero"),
+        pytest.param("0x", id="prefix-only"),
+        pytest.param(OWNER[:-1], id="39-chars"),
+        pytest.param(OWNER + "0", id="41-chars"),
+        pytest.param("z" + OWNER[1:], id="non-hex"),
+        pytest.param(" " + OWNER, id="leading-space"),
+        pytest.param(OWNER + " ", id="trailing-space"),
+        pytest.param("jami:" + OWNER, id="jami-prefix"),
+    ],
+)
+def test_normalize_owner_refuses(value: str) -> None:
+    with pytest.raises(InvalidAddress):
+        normalize_owner(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        pytest.param("rawname2", b"rawname2" + b"\x00" * 24, id="ascii"),
+        pytest.param("山" * 10, "山".encode() * 10 + b"\x00\x00", id="han-30-bytes"),
+        pytest.param("é" * 16, "é".encode() * 16, id="exactly-32-bytes"),
+        pytest.param("", b"\x00" * 32, id="empty"),
+    ],
+)
+def test_to_bytes32_gives(name: str, raw: bytes) -> None:
+    assert to_bytes32(name) == raw
+    assert len(raw) == MAX_BYTES
+    assert from_bytes32(raw) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("山" * 11, id="33-bytes"),
+        pytest.param("a" * 33, id="33-ascii"),
+        pytest.param("ab\x00", id="nul"),
+        pytest.param("ab\ud800", id="lone-surrogate"),
+    ],
+)
+def test_to_bytes32_refuses(name: str) -> None:
+    with pytest.raises(InvalidName):
+        to_bytes32(name)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"\xff" + b"\x00" * 31, id="invalid-utf8"),
+        pytest.param("山".encode()[:2] + b"\x00" * 30, id="cut-multibyte"),
+        pytest.param(b"ab\x00cd" + b"\x00" * 27, id="nul-inside"),
+        pytest.param(b"a" * 33, id="33-bytes"),
+    ],
+)
+def test_from_bytes32_refuses(raw: bytes) -> None:
+    with pytest.raises(InvalidName):
+        from_bytes32(raw)
+
+
+def test_from_bytes32_accepts_short_input() -> None:
+    assert from_bytes32(b"rawname2") == "rawname2"
