@@ -17,10 +17,11 @@ A name is valid when all of these hold (checked on its NFC form):
   halfwidth katakana, ligatures like `ﬁ`, superscripts, `ſ`) that imitate ordinary ones.
 - No letter named `MODIFIER LETTER ...` (`ʼ` imitates an apostrophe).
 - One script per name: the script of a non-ASCII letter is the first word of its Unicode name
-  (`CJK` and `IDEOGRAPHIC` count as Han); ASCII letters are Latin; marks, digits, `-` and `_`
-  belong to no script. A name's letters are all of one script, or all within Han + Hiragana +
-  Katakana (Japanese), Han + Hangul (Korean) or Han + Bopomofo. This refuses `pаypal` with a
-  Cyrillic `а`; it does not catch a name written wholly in look-alike letters of one script.
+  (`CJK` and `IDEOGRAPHIC` count as Han, `KATAKANA-HIRAGANA` as Katakana); ASCII letters are
+  Latin; marks, digits, `-` and `_` belong to no script. A name's letters are all of one
+  script, or all within Han + Hiragana + Katakana (Japanese), Han + Hangul (Korean) or Han +
+  Bopomofo. This refuses `pаypal` with a Cyrillic `а`; it does not catch a name written wholly
+  in look-alike letters of one script.
 - Lookups (GET) are lenient about form: the name is NFC-normalised first (some keyboards send
   NFD) and ASCII uppercase is allowed, because current clients send the name as typed.
 - Registrations (POST) are strict about form: the name must already be NFC and contain no
