@@ -1,0 +1,1 @@
+"""Everything that talks to the Ethereum chain: node management, client, registrar."""

@@ -1,0 +1,1 @@
+"""The registrar contract: Solidity source and the compiled artifact (Registrar.json)."""
