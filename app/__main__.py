@@ -1,0 +1,5 @@
+"""`python -m app` runs the jamins console script."""
+
+from app.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""The JamiNS routes (PROTOCOL.md §1) and the registration status extension."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+from app import names
+from app.api.schemas import (
+    AddrAnswer,
+    NameAnswer,
+    OwnerAnswer,
+    PublicKeyAnswer,
+    RegisterAnswer,
+    RegistrationAnswer,
+    SignatureAnswer,
+    errors,
+)
+from app.errors import BadRequest, InvalidName, NotFound
+from app.services.registry import NameService, RegistrationRequest
+
+MAX_BODY_BYTES = 16 * 1024  # a real RSA-4096 registration is 1884 bytes
+
+router = APIRouter()
+
+
+def get_service(request: Request) -> NameService:
+    service: NameService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[NameService, Depends(get_service)]
+
+
+def _name_from_raw_path(request: Request, base: str, suffix: str = "") -> str:
+    """The name segment, percent-decoded from the raw path.
+
+    Starlette routes on the decoded path, where `a%2Fowner` would read as `a/owner`; the
+    raw bytes keep an encoded slash inside the name, where the name policy refuses it.
+    """
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    segment = raw.split(b"?", 1)[0].removeprefix(base.encode())
+    if suffix:
+        segment = segment.removesuffix(suffix.encode())
+    try:
+        return names.decode_path_segment(segment)
+    except names.InvalidName as exc:
+        raise InvalidName() from exc
+
+
+def lookup_name_param(request: Request) -> str:
+    return _name_from_raw_path(request, "/name/")
+
+
+def registration_name_param(request: Request) -> str:
+    return _name_from_raw_path(request, "/registrations/")
+
+
+@router.get(
+    "/name/{name}/owner",
+    response_model=OwnerAnswer,
+    responses=errors(400, 404, 503),
+    summary="The Ethereum owner of a name",
+)
+async def get_owner(request: Request, service: ServiceDep) -> OwnerAnswer:
+    record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/owner"))
+    return OwnerAnswer(name=record.name, owner="0x" + record.owner)
+
+
+@router.get(
+    "/name/{name}/publickey",
+    response_model=PublicKeyAnswer,
+    responses=errors(400, 404, 503),
+    summary="The public key a name was registered with",
+)
+async def get_publickey(request: Request, service: ServiceDep) -> PublicKeyAnswer:
+    record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/publickey"))
+    if record.publickey is None:
+        raise NotFound("no public key for this name")
+    return PublicKeyAnswer(name=record.name, publickey=record.publickey)
+
+
+@router.get(
+    "/name/{name}/signature",
+    response_model=SignatureAnswer,
+    responses=errors(400, 404, 503),
+    summary="The signature a name was registered with",
+)
+async def get_signature(request: Request, service: ServiceDep) -> SignatureAnswer:
+    record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/signature"))
+    if record.signature is None:
+        raise NotFound("no signature for this name")
+    return SignatureAnswer(name=record.name, signature=record.signature)
+
+
+@router.get(
+    "/name/{name:path}",
+    response_model=NameAnswer,
+    response_model_exclude_none=True,
+    responses=errors(400, 404, 503),
+    summary="Look a name up (case-insensitive)",
+)
+async def get_name(
+    name: str, service: ServiceDep, raw_name: Annotated[str, Depends(lookup_name_param)]
+) -> NameAnswer:
+    record = await service.lookup_name(raw_name)
+    return NameAnswer(
+        name=record.name,
+        addr="0x" + record.addr,
+        publickey=record.publickey,
+        signature=record.signature,
+    )
+
+
+@router.post(
+    "/name/{name:path}",
+    response_model=RegisterAnswer,
+    responses=errors(400, 401, 403, 409, 503, registration=True),
+    summary="Register a name for a Jami ID",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RegistrationRequest.model_json_schema()}},
+        }
+    },
+)
+async def post_name(
+    name: str,
+    request: Request,
+    service: ServiceDep,
+    raw_name: Annotated[str, Depends(lookup_name_param)],
+) -> RegisterAnswer:
+    body = await _read_body(request)
+    try:
+        registration = RegistrationRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(_first_problem(exc)) from exc
+    await service.register(raw_name, registration)
+    return RegisterAnswer()
+
+
+@router.get(
+    "/addr/{addr:path}",
+    response_model=AddrAnswer,
+    responses=errors(400, 404, 503),
+    summary="Reverse lookup: the name of a Jami ID",
+)
+async def get_addr(addr: str, service: ServiceDep) -> AddrAnswer:
+    return AddrAnswer(name=await service.lookup_addr(addr))
+
+
+@router.get(
+    "/registrations/{name:path}",
+    response_model=RegistrationAnswer,
+    responses=errors(400, 404, 503),
+    summary="What became of a registration this server accepted",
+)
+async def get_registration(
+    name: str,
+    service: ServiceDep,
+    raw_name: Annotated[str, Depends(registration_name_param)],
+) -> RegistrationAnswer:
+    view = await service.registration_status(raw_name)
+    return RegistrationAnswer(
+        name=view.name,
+        state=view.state,  # type: ignore[arg-type]
+        tx=view.tx,
+        block=view.block,
+        reason=view.reason,
+    )
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused (400, never 413: clients read 413 as "taken") past
+    MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise BadRequest("request body too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest("request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem.get("loc", ()))
+    if problem.get("type") == "json_invalid":
+        return "body is not valid JSON"
+    return f"invalid body: {where} {problem.get('msg', '')}".strip()
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}

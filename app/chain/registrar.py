@@ -1,0 +1,120 @@
+"""The registrar contract adapter: the only code that knows the contract's ABI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from web3 import AsyncWeb3
+
+from app.chain.client import ChainClient
+from app.names import InvalidName, from_bytes32, to_bytes32
+
+ZERO_ADDRESS = "0" * 40
+
+
+@cache
+def artifact() -> dict[str, Any]:
+    """The compiled registrar (contracts/Registrar.json, built by contracts/build.mjs)."""
+    text = resources.files("contracts").joinpath("Registrar.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _hex40(address: str) -> str:
+    """An address from web3 (EIP-55 mixed case) as 40 lowercase hex, no 0x."""
+    return address.lower().removeprefix("0x")
+
+
+def _checksum(hex40: str) -> str:
+    return AsyncWeb3.to_checksum_address("0x" + hex40)
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    """A name's record as the contract holds it; addresses are 40 lowercase hex."""
+
+    name: str
+    addr: str
+    owner: str
+    publickey: str
+    signature: str
+
+
+class Registrar:
+    """Reads and encodes calls of one deployed registrar."""
+
+    def __init__(self, client: ChainClient, address: str) -> None:
+        self.client = client
+        self.address = AsyncWeb3.to_checksum_address(address)
+        self.contract = client.w3.eth.contract(address=self.address, abi=artifact()["abi"])
+
+    async def is_deployed(self) -> bool:
+        code = await self.client.call(self.client.w3.eth.get_code(self.address))
+        return len(code) > 0
+
+    async def addr_of(self, name: str, block: int | str = "latest") -> str:
+        """The Jami ID bound to `name` (40 hex), ZERO_ADDRESS when none."""
+        result = await self.client.call(
+            self.contract.functions.addr(to_bytes32(name)).call(block_identifier=block)
+        )
+        return _hex40(result)
+
+    async def owner_of(self, name: str, block: int | str = "latest") -> str:
+        result = await self.client.call(
+            self.contract.functions.owner(to_bytes32(name)).call(block_identifier=block)
+        )
+        return _hex40(result)
+
+    async def name_of(self, jami_id: str, block: int | str = "latest") -> str | None:
+        """The name whose primary address is `jami_id`, or None."""
+        raw = await self.client.call(
+            self.contract.functions.name(_checksum(jami_id)).call(block_identifier=block)
+        )
+        if not any(raw):
+            return None
+        try:
+            return from_bytes32(raw)
+        except InvalidName:
+            return None
+
+    async def record(self, name: str, block: int | str = "latest") -> ChainRecord | None:
+        """The full record of `name`, or None when the chain binds no address to it."""
+        key = to_bytes32(name)
+        functions = self.contract.functions
+        addr, owner, publickey, signature = await asyncio.gather(
+            self.client.call(functions.addr(key).call(block_identifier=block)),
+            self.client.call(functions.owner(key).call(block_identifier=block)),
+            self.client.call(functions.publickey(key).call(block_identifier=block)),
+            self.client.call(functions.signature(key).call(block_identifier=block)),
+        )
+        if _hex40(addr) == ZERO_ADDRESS:
+            return None
+        return ChainRecord(
+            name=name,
+            addr=_hex40(addr),
+            owner=_hex40(owner),
+            publickey=publickey,
+            signature=signature,
+        )
+
+    def reserve_for_data(
+        self, *, name: str, owner: str, jami_id: str, publickey: str, signature: str
+    ) -> str:
+        """Call data of reserveFor(name, owner, addr, publickey, signedname)."""
+        return str(
+            self.contract.encode_abi(
+                "reserveFor",
+                args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
+            )
+        )
+
+
+def deployment_data() -> str:
+    """The registrar's creation bytecode (its constructor takes no argument)."""
+    bytecode = str(artifact()["bytecode"])
+    return bytecode if bytecode.startswith("0x") else "0x" + bytecode

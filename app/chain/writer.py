@@ -1,0 +1,384 @@
+"""The single transaction writer: accepted registrations → reserveFor transactions.
+
+It assigns nonces itself and keeps several transactions in flight, so that every block
+carries as many registrations as fit. Each signed transaction is written to SQL before it
+is sent, so a restart re-broadcasts the very same bytes instead of losing or doubling a
+registration. Success is decided from the contract's state at the receipt's block: a
+mined `reserveFor` that found the name taken changes nothing and does not revert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from web3.exceptions import ContractLogicError
+
+from app.chain.client import ChainClient, ChainRejected
+from app.chain.registrar import ZERO_ADDRESS, Registrar
+from app.chain.signer import SignedTx, Signer
+from app.db import session_scope
+from app.errors import ServiceUnavailable
+from app.models import CONFIRMED, FAILED, PENDING, NameRecord, Registration, utcnow
+
+logger = logging.getLogger(__name__)
+
+GAS_MARGIN = 1.2
+MAX_SEND_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class GasPolicy:
+    chain_id: int
+    gas_price_wei: int | None  # None: ask the node
+
+
+async def current_gas_price(client: ChainClient, policy: GasPolicy) -> int:
+    if policy.gas_price_wei is not None:
+        return policy.gas_price_wei
+    return int(await client.call(client.w3.eth.gas_price))
+
+
+async def estimate_gas(client: ChainClient, *, sender: str, to: str | None, data: str) -> int:
+    """The node's estimate plus a margin, capped at the block gas limit."""
+    tx: dict[str, str] = {"from": sender, "data": data}
+    if to is not None:
+        tx["to"] = to
+    estimate = await client.call(client.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+    block = await client.get_block("latest")
+    return min(int(estimate * GAS_MARGIN), int(block["gasLimit"]))
+
+
+async def deploy_registrar(
+    client: ChainClient, signer: Signer, policy: GasPolicy, bytecode: str, timeout: float = 120
+) -> tuple[str, int]:
+    """Deploy the registrar; returns (address 0x-hex lowercase, block number)."""
+    nonce = await client.call(client.w3.eth.get_transaction_count(signer.address, "pending"))
+    gas = await estimate_gas(client, sender=signer.address, to=None, data=bytecode)
+    signed = signer.sign_legacy(
+        nonce=nonce,
+        gas=gas,
+        gas_price=await current_gas_price(client, policy),
+        to=None,
+        data=bytecode,
+        chain_id=policy.chain_id,
+    )
+    await client.call(client.w3.eth.send_raw_transaction(signed.raw))
+    async with asyncio.timeout(timeout):
+        while True:
+            receipt = await client.call(client.w3.eth.get_transaction_receipt(signed.tx_hash))
+            if receipt is not None:
+                break
+            await asyncio.sleep(0.5)
+    if receipt["status"] != 1 or not receipt["contractAddress"]:
+        raise RuntimeError(f"registrar deployment failed in transaction {signed.tx_hash}")
+    return str(receipt["contractAddress"]).lower(), int(receipt["blockNumber"])
+
+
+class TxWriter:
+    """The background task that puts pending registrations on chain."""
+
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        client: ChainClient,
+        registrar: Registrar,
+        signer: Signer,
+        policy: GasPolicy,
+        poll_seconds: float,
+        max_in_flight: int,
+        on_settled: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.client = client
+        self.registrar = registrar
+        self.signer = signer
+        self.policy = policy
+        self.poll_seconds = poll_seconds
+        self.max_in_flight = max_in_flight
+        self.on_settled = on_settled
+        self.next_nonce: int | None = None
+        self.send_attempts: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self.state = "starting"
+
+    def wake(self) -> None:
+        """Tell the writer that a registration was accepted."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Work until cancelled; chain and database outages only pause it."""
+        backoff = self.poll_seconds
+        while True:
+            try:
+                busy = await self.step()
+                self.state = "running"
+                backoff = self.poll_seconds
+            except ServiceUnavailable as exc:
+                self.state = "waiting for " + exc.detail
+                logger.warning("writer paused: %s", exc.detail)
+                self.next_nonce = None
+                busy = False
+                backoff = min(backoff * 2, 30.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("writer step failed")
+                self.next_nonce = None
+                busy = False
+                backoff = min(backoff * 2, 30.0)
+            if busy:
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def step(self) -> bool:
+        """Settle what was mined, then send what fits. True when more work is waiting."""
+        if self.next_nonce is None:
+            await self._recover()
+        in_flight = await self._settle_in_flight()
+        sent = 0
+        while in_flight + sent < self.max_in_flight:
+            registration = await self._next_unsent()
+            if registration is None:
+                return False
+            if await self._send(registration):
+                sent += 1
+        return True
+
+    # -- recovery -----------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Make SQL and the node agree on nonces after a start, crash or rejection."""
+        w3 = self.client.w3
+        mined_count = await self.client.call(
+            w3.eth.get_transaction_count(self.signer.address, "latest")
+        )
+        for registration in await self._in_flight():
+            assert registration.nonce is not None and registration.raw_tx is not None
+            receipt = await self._receipt(registration)
+            if receipt is not None:
+                continue  # settled below
+            if registration.nonce < mined_count:
+                # That nonce was used by another transaction: sign this one again later.
+                await self._unsend(registration.id)
+                continue
+            try:
+                await self._broadcast(registration.raw_tx)
+            except ChainRejected as exc:
+                logger.warning("re-broadcast of %r refused: %s", registration.name, exc)
+                await self._unsend(registration.id)
+        self.next_nonce = await self.client.call(
+            w3.eth.get_transaction_count(self.signer.address, "pending")
+        )
+        logger.info("writer nonce %d for %s", self.next_nonce, self.signer.address)
+
+    # -- settling -----------------------------------------------------------------------
+
+    async def _in_flight(self) -> list[Registration]:
+        async with session_scope(self.sessionmaker) as session:
+            rows = await session.scalars(
+                select(Registration)
+                .where(Registration.state == PENDING, Registration.raw_tx.is_not(None))
+                .order_by(Registration.nonce)
+            )
+            return list(rows)
+
+    async def _receipt(self, registration: Registration) -> dict[str, int] | None:
+        receipt = await self.client.call(
+            self.client.w3.eth.get_transaction_receipt(registration.tx_hash)  # type: ignore[arg-type]
+        )
+        if receipt is None:
+            return None
+        return {"blockNumber": int(receipt["blockNumber"]), "status": int(receipt["status"])}
+
+    async def _settle_in_flight(self) -> int:
+        """Decide every mined registration; returns how many are still in flight."""
+        still = 0
+        for registration in await self._in_flight():
+            receipt = await self._receipt(registration)
+            if receipt is None:
+                if not await self._tx_known(registration):
+                    assert registration.raw_tx is not None
+                    try:
+                        await self._broadcast(registration.raw_tx)
+                    except ChainRejected as exc:
+                        # Its nonce went to another transaction: sign it again.
+                        logger.warning("re-broadcast of %r refused: %s", registration.name, exc)
+                        await self._unsend(registration.id)
+                        self.next_nonce = None
+                        continue
+                still += 1
+                continue
+            await self._decide(
+                registration, receipt["blockNumber"], reverted=receipt["status"] != 1
+            )
+        return still
+
+    async def _tx_known(self, registration: Registration) -> bool:
+        """Whether the node still has the transaction (mempool or chain)."""
+        try:
+            await self.client.call(
+                self.client.w3.eth.get_transaction(registration.tx_hash)  # type: ignore[arg-type]
+            )
+        except ChainRejected:  # TransactionNotFound
+            return False
+        return True
+
+    async def _decide(self, registration: Registration, block: int, *, reverted: bool) -> None:
+        """Confirmed when the contract binds the name to the address after `block`."""
+        bound = await self.registrar.addr_of(registration.name, block)
+        if bound == registration.addr:
+            await self._confirm(registration.id, block)
+            return
+        reason = await self._why_not(registration, block)
+        if reverted:
+            reason = "transaction reverted; " + reason
+        await self._fail(registration.id, reason, block)
+
+    async def _why_not(self, registration: Registration, block: int | str) -> str:
+        bound = await self.registrar.addr_of(registration.name, block)
+        owner = await self.registrar.owner_of(registration.name, block)
+        if bound != ZERO_ADDRESS or owner != ZERO_ADDRESS:
+            return f"name taken on chain by 0x{bound}"
+        existing = await self.registrar.name_of(registration.addr, block)
+        if existing is not None:
+            return f"address already has the name {existing!r} on chain"
+        return "the registrar did not record the name"
+
+    async def _confirm(self, registration_id: int, block: int) -> None:
+        async with session_scope(self.sessionmaker) as session, session.begin():
+            registration = await session.get(Registration, registration_id)
+            assert registration is not None
+            registration.state = CONFIRMED
+            registration.block = block
+            registration.reason = None
+            record = await session.get(NameRecord, registration.name)
+            if record is not None:
+                record.pending = False
+                record.block_number = block
+        logger.info("confirmed %r in block %d", registration.name, block)
+        self.send_attempts.pop(registration_id, None)
+        if self.on_settled:
+            self.on_settled(registration.folded_name)
+
+    async def _fail(self, registration_id: int, reason: str, block: int | None) -> None:
+        async with session_scope(self.sessionmaker) as session, session.begin():
+            registration = await session.get(Registration, registration_id)
+            assert registration is not None
+            registration.state = FAILED
+            registration.reason = reason
+            registration.block = block
+            registration.claim_name = None
+            registration.claim_addr = None
+            await session.execute(
+                delete(NameRecord).where(
+                    NameRecord.name == registration.name, NameRecord.pending.is_(True)
+                )
+            )
+        logger.warning("registration of %r failed: %s", registration.name, reason)
+        self.send_attempts.pop(registration_id, None)
+        if self.on_settled:
+            self.on_settled(registration.folded_name)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def _next_unsent(self) -> Registration | None:
+        async with session_scope(self.sessionmaker) as session:
+            return await session.scalar(
+                select(Registration)
+                .where(Registration.state == PENDING, Registration.raw_tx.is_(None))
+                .order_by(Registration.id)
+                .limit(1)
+            )
+
+    async def _unsend(self, registration_id: int) -> None:
+        async with session_scope(self.sessionmaker) as session, session.begin():
+            registration = await session.get(Registration, registration_id)
+            assert registration is not None
+            registration.nonce = None
+            registration.tx_hash = None
+            registration.raw_tx = None
+
+    async def _send(self, registration: Registration) -> bool:
+        """Sign and send one registration; False when it was decided without a send."""
+        bound = await self.registrar.addr_of(registration.name)
+        if bound == registration.addr:
+            # Already on chain (a restart after mining, or another writer did it).
+            await self._confirm(registration.id, await self.client.block_number())
+            return False
+        reason = await self._why_not(registration, "latest")
+        if reason != "the registrar did not record the name":
+            await self._fail(registration.id, reason, None)
+            return False
+        data = self.registrar.reserve_for_data(
+            name=registration.name,
+            owner=registration.owner,
+            jami_id=registration.addr,
+            publickey=registration.publickey,
+            signature=registration.signature,
+        )
+        try:
+            gas = await estimate_gas(
+                self.client, sender=self.signer.address, to=self.registrar.address, data=data
+            )
+        except (ChainRejected, ContractLogicError) as exc:
+            await self._fail(registration.id, f"gas estimation failed: {exc}", None)
+            return False
+        nonce = self.next_nonce
+        assert nonce is not None
+        signed = self.signer.sign_legacy(
+            nonce=nonce,
+            gas=gas,
+            gas_price=await current_gas_price(self.client, self.policy),
+            to=self.registrar.address,
+            data=data,
+            chain_id=self.policy.chain_id,
+        )
+        await self._record_sent(registration.id, nonce, signed)
+        self.next_nonce = nonce + 1
+        try:
+            await self._broadcast(signed.raw)
+        except ChainRejected as exc:
+            attempts = self.send_attempts.get(registration.id, 0) + 1
+            self.send_attempts[registration.id] = attempts
+            logger.warning(
+                "node refused the registration of %r (attempt %d): %s",
+                registration.name,
+                attempts,
+                exc,
+            )
+            await self._unsend(registration.id)
+            self.next_nonce = None  # resynchronise from the node
+            if attempts >= MAX_SEND_ATTEMPTS:
+                await self._fail(registration.id, f"node refused the transaction: {exc}", None)
+            raise ServiceUnavailable(f"node refused a transaction: {exc}") from exc
+        logger.info("sent %r nonce %d tx %s gas %d", registration.name, nonce, signed.tx_hash, gas)
+        return True
+
+    async def _record_sent(self, registration_id: int, nonce: int, signed: SignedTx) -> None:
+        async with session_scope(self.sessionmaker) as session, session.begin():
+            registration = await session.get(Registration, registration_id)
+            assert registration is not None
+            registration.nonce = nonce
+            registration.tx_hash = signed.tx_hash
+            registration.raw_tx = signed.raw
+            registration.updated_at = utcnow()
+
+    async def _broadcast(self, raw_tx: str) -> None:
+        try:
+            await self.client.call(self.client.w3.eth.send_raw_transaction(raw_tx))
+        except ChainRejected as exc:
+            if "already known" in str(exc).lower() or "already imported" in str(exc).lower():
+                return
+            raise

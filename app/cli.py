@@ -1,0 +1,172 @@
+"""The `jamins` console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    help="jamins: a self-hostable name server for Jami.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (env JAMINS_DATA_DIR).", show_default=False),
+]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and .env, with command-line options on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # web3 logs request payloads at DEBUG, and a payload holds signed transactions.
+    logging.getLogger("web3").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Serve the name server API (on the embedded chain node unless JAMINS_RPC_URL is set)."""
+    from app.main import create_app
+
+    settings = load_settings(data_dir=data_dir)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=settings.log_level,
+        # Jami clients send no Accept-Encoding and read bodies as they come.
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.command()
+def migrate(data_dir: DataDirOption = None) -> None:
+    """Create or upgrade the database schema."""
+    from app.db import migrate as run_migrations
+
+    settings = load_settings(data_dir=data_dir)
+    configure_logging(settings.log_level)
+    run_migrations(settings)
+    typer.echo("database is at the newest schema")
+
+
+@cli.command()
+def deploy(data_dir: DataDirOption = None) -> None:
+    """Deploy the registrar on JAMINS_RPC_URL with the signer key, and remember it."""
+    settings = load_settings(data_dir=data_dir)
+    configure_logging(settings.log_level)
+    if settings.embedded:
+        typer.echo(
+            "the embedded default deploys its registrar itself: set JAMINS_RPC_URL", err=True
+        )
+        raise typer.Exit(2)
+    address = asyncio.run(_deploy(settings))
+    typer.echo(address)
+
+
+async def _deploy(settings: Settings) -> str:
+    from app.chain.client import ChainClient
+    from app.chain.registrar import deployment_data
+    from app.chain.signer import load_signer
+    from app.chain.writer import GasPolicy, deploy_registrar
+    from app.db import make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
+    from app.main import META_CHAIN_ID, META_REGISTRAR
+
+    signer = load_signer(settings)
+    if signer is None:
+        typer.echo("set JAMINS_SIGNER_KEY or JAMINS_SIGNER_KEY_FILE to deploy", err=True)
+        raise typer.Exit(2)
+    assert settings.rpc_url is not None
+    client = ChainClient(settings.rpc_url, timeout=settings.rpc_timeout)
+    engine = make_async_engine(settings)
+    try:
+        await client.check_chain_id(settings.chain_id)
+        migrate(settings)
+        address, block = await deploy_registrar(
+            client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
+        )
+        async with session_scope(make_sessionmaker(engine)) as session, session.begin():
+            await set_meta(session, META_REGISTRAR, address)
+            await set_meta(session, META_CHAIN_ID, str(settings.chain_id))
+        logging.getLogger(__name__).info("registrar deployed in block %d", block)
+        return address
+    finally:
+        await client.close()
+        await engine.dispose()
+
+
+@cli.command()
+def status(
+    name: Annotated[str, typer.Argument(help="The name, in any case.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show what became of a registration this server accepted."""
+    settings = load_settings(data_dir=data_dir)
+    configure_logging("warning")
+    found = asyncio.run(_status(settings, name))
+    if found is None:
+        typer.echo(f"{name}: this server never accepted a registration for it", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(found, indent=2, ensure_ascii=False))
+
+
+async def _status(settings: Settings, name: str) -> dict[str, Any] | None:
+    from app.db import make_async_engine, make_sessionmaker, migrate
+    from app.errors import InvalidName, RegistrationNotFound
+    from app.services.registry import NameService
+
+    migrate(settings)
+    engine = make_async_engine(settings)
+    service = NameService(
+        sessionmaker=make_sessionmaker(engine),
+        registrar=None,
+        negative_cache_seconds=0,
+        registrations_enabled=False,
+    )
+    try:
+        view = await service.registration_status(name)
+    except InvalidName:
+        typer.echo(f"{name!r} is not a valid name", err=True)
+        raise typer.Exit(2) from None
+    except RegistrationNotFound:
+        return None
+    finally:
+        await engine.dispose()
+    return {
+        "name": view.name,
+        "state": view.state,
+        "tx": view.tx,
+        "block": view.block,
+        "reason": view.reason,
+    }
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,259 @@
+"""The FastAPI application: create_app(settings) and the lifespan that builds its state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.routes import router
+from app.chain.anvil import AnvilNode, find_anvil, fund
+from app.chain.client import ChainClient
+from app.chain.registrar import Registrar, deployment_data
+from app.chain.signer import Signer, load_or_create_key_file, load_signer
+from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
+from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
+from app.errors import RETRY_AFTER_SECONDS, BadRequest, JaminsError, handle_jamins_error
+from app.services.registry import NameService
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_FUNDING_WEI = 10**24  # a million ether of a private chain: gas for ever
+META_REGISTRAR = "registrar_address"
+META_CHAIN_ID = "chain_id"
+
+
+class StartupError(RuntimeError):
+    """The server cannot start as configured; the message tells the operator what to do."""
+
+
+@dataclass
+class Runtime:
+    """Everything the lifespan built, to be stopped in reverse order."""
+
+    node: AnvilNode | None = None
+    client: ChainClient | None = None
+    writer_task: asyncio.Task[None] | None = None
+    writer: TxWriter | None = None
+    cleanups: list[Any] = field(default_factory=list)
+
+
+def start_embedded_node(settings: Settings) -> AnvilNode:
+    """The embedded default's chain: anvil with the Jami chain's id, forks and gas limit."""
+    chain_dir = settings.data_dir / "chain"
+    chain_dir.mkdir(parents=True, exist_ok=True)
+    node = AnvilNode(
+        binary=find_anvil(settings.anvil_path),
+        state_file=chain_dir / "state.json",
+        chain_id=settings.chain_id,
+        block_time=settings.embedded_block_time,
+        state_interval=settings.embedded_state_interval,
+        log_file=chain_dir / "anvil.log",
+    )
+    node.start()
+    logger.info("embedded chain node at %s (state in %s)", node.url, chain_dir)
+    return node
+
+
+async def resolve_registrar(
+    settings: Settings, client: ChainClient, signer: Signer | None, service_db: Any
+) -> Registrar:
+    """The configured, remembered, or newly deployed registrar."""
+    address = settings.contract_address
+    async with session_scope(service_db) as session:
+        remembered = await get_meta(session, META_REGISTRAR)
+        remembered_chain = await get_meta(session, META_CHAIN_ID)
+    if address is None and remembered is not None:
+        if remembered_chain is not None and int(remembered_chain) != settings.chain_id:
+            raise StartupError(
+                f"the database belongs to chain {remembered_chain}, not {settings.chain_id}"
+            )
+        address = remembered
+    if address is None:
+        if not (settings.embedded or settings.deploy):
+            raise StartupError(
+                "no registrar address: set JAMINS_CONTRACT_ADDRESS, run `jamins deploy`, "
+                "or set JAMINS_DEPLOY=true to deploy one on first start"
+            )
+        if signer is None:
+            raise StartupError("deploying the registrar needs a signer key")
+        address, block = await deploy_registrar(
+            client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
+        )
+        logger.info("deployed the registrar at %s in block %d", address, block)
+    registrar = Registrar(client, address)
+    if not await registrar.is_deployed():
+        raise StartupError(f"no contract at {address} on the chain at {client.url}")
+    async with session_scope(service_db) as session, session.begin():
+        await set_meta(session, META_REGISTRAR, address.lower())
+        await set_meta(session, META_CHAIN_ID, str(settings.chain_id))
+    return registrar
+
+
+@contextlib.asynccontextmanager
+async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+    runtime = Runtime()
+    engine = make_async_engine(settings)
+    try:
+        await asyncio.to_thread(migrate, settings)
+        sessionmaker = make_sessionmaker(engine)
+        signer = load_signer(settings)
+        rpc_url = settings.rpc_url
+        if settings.embedded:
+            runtime.node = await asyncio.to_thread(start_embedded_node, settings)
+            rpc_url = runtime.node.url
+            if signer is None:
+                signer = load_or_create_key_file(settings.data_dir / "signer.key")
+        assert rpc_url is not None
+        client = ChainClient(rpc_url, timeout=settings.rpc_timeout)
+        runtime.client = client
+        await client.check_chain_id(settings.chain_id)
+        if runtime.node is not None and signer is not None:
+            balance = await client.call(client.w3.eth.get_balance(signer.address))  # type: ignore[arg-type]
+            if balance < EMBEDDED_FUNDING_WEI // 2:
+                await asyncio.to_thread(fund, rpc_url, signer.address, EMBEDDED_FUNDING_WEI)
+        registrar = await resolve_registrar(settings, client, signer, sessionmaker)
+        service = NameService(
+            sessionmaker=sessionmaker,
+            registrar=registrar,
+            negative_cache_seconds=settings.negative_cache_seconds,
+            registrations_enabled=signer is not None,
+        )
+        if signer is not None:
+            writer = TxWriter(
+                sessionmaker=sessionmaker,
+                client=client,
+                registrar=registrar,
+                signer=signer,
+                policy=GasPolicy(settings.chain_id, settings.gas_price_wei),
+                poll_seconds=settings.receipt_poll_seconds,
+                max_in_flight=settings.max_in_flight,
+            )
+            service.on_accepted.append(writer.wake)
+            runtime.writer = writer
+            runtime.writer_task = asyncio.create_task(writer.run(), name="tx-writer")
+        else:
+            logger.warning("no signer key: lookups only, registrations answer 503")
+        app.state.service = service
+        app.state.runtime = runtime
+        logger.info(
+            "serving registrar %s on chain %d (%s)",
+            registrar.address.lower(),
+            settings.chain_id,
+            "embedded node" if settings.embedded else rpc_url,
+        )
+        yield
+    finally:
+        if runtime.writer_task is not None:
+            runtime.writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.writer_task
+        if runtime.client is not None:
+            await runtime.client.close()
+        await engine.dispose()
+        if runtime.node is not None:
+            await asyncio.to_thread(runtime.node.stop)
+
+
+class TimeoutMiddleware:
+    """Answer 503 to any request not answered within `seconds`: clients never time out."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if started:
+                raise
+            logger.warning("request timed out: %s %s", scope["method"], scope["path"])
+            response = JSONResponse(
+                {"error": "request timed out"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+            await response(scope, receive, send)
+
+
+class PathPrefixMiddleware:
+    """Serve the API under `prefix` as well as at the root (PROTOCOL.md §1)."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.raw_prefix = prefix.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            scope["path"] == self.prefix or scope["path"].startswith(self.prefix + "/")
+        ):
+            scope = dict(scope)
+            scope["path"] = scope["path"][len(self.prefix) :] or "/"
+            raw = scope.get("raw_path")
+            if raw is not None and raw.startswith(self.raw_prefix):
+                scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
+        await self.app(scope, receive, send)
+
+
+async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    body: dict[str, Any] = {"error": str(exc.detail).lower()}
+    if request.method == "POST":
+        body = {"success": False, **body}
+    # Unknown routes stay 404/405; they are not name lookups.
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's 422 would read as "not found" (lookup) or "taken" (registration).
+    return await handle_jamins_error(request, BadRequest("invalid request"))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI application for these settings; state is built when its lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan_of(app, settings):
+            yield
+
+    app = FastAPI(
+        title="jamins",
+        summary="A name server for Jami, backed by a registrar contract",
+        version="0.1.0",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.include_router(router)
+    app.add_exception_handler(JaminsError, handle_jamins_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
+    if settings.path_prefix:
+        app.add_middleware(PathPrefixMiddleware, prefix=settings.path_prefix)
+    return app

@@ -1,0 +1,83 @@
+"""The SQL tables: the cache of chain records and this server's registration queue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class NameRecord(Base):
+    """A name as lookups see it: read from the chain, or accepted here and still pending."""
+
+    __tablename__ = "names"
+
+    # The exact on-chain string (the bytes32 key), which is also what was signed.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Lookups and uniqueness use the fold (app.names.fold).
+    folded_name: Mapped[str] = mapped_column(String(128), unique=True)
+    addr: Mapped[str] = mapped_column(String(40), index=True)
+    owner: Mapped[str] = mapped_column(String(40))
+    publickey: Mapped[str | None] = mapped_column(Text)
+    signature: Mapped[str | None] = mapped_column(Text)
+    # True while this server's registration has not been confirmed on chain.
+    pending: Mapped[bool] = mapped_column(default=False)
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Registration(Base):
+    """A registration this server accepted, and what became of it on chain."""
+
+    __tablename__ = "registrations"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    folded_name: Mapped[str] = mapped_column(String(128), index=True)
+    addr: Mapped[str] = mapped_column(String(40))
+    owner: Mapped[str] = mapped_column(String(40))
+    publickey: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    # While pending or confirmed the registration holds its name and its address; the
+    # unique constraints make two concurrent acceptances impossible. NULL once failed.
+    claim_name: Mapped[str | None] = mapped_column(String(128), unique=True)
+    claim_addr: Mapped[str | None] = mapped_column(String(40), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    # The signed transaction, kept so that a restart re-broadcasts the very same bytes.
+    raw_tx: Mapped[str | None] = mapped_column(Text)
+    block: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Meta(Base):
+    """Small facts the server remembers: the registrar address, the chain id."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+PENDING = "pending"
+CONFIRMED = "confirmed"
+FAILED = "failed"

@@ -1,0 +1,1 @@
+"""Use cases: what the API does, over the database and the chain."""

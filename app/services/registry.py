@@ -1,0 +1,385 @@
+"""The use cases: look a name or an address up, register a name, report a registration.
+
+Lookups are answered from SQL. A miss reads the chain and stores what it finds (fill on
+read), so a server pointed at a chain that already holds names serves them. A name the
+chain does not hold is remembered as free for `negative_cache_seconds` (default 5 s, one
+Clique block): an availability check asks for the same prefixes again and again while the
+user types, and this keeps those misses off the node without hiding a name registered
+elsewhere for longer than a block. Names accepted here are in SQL from the moment they are
+accepted, so the negative cache never hides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import names, proofs
+from app.chain.registrar import ChainRecord, Registrar
+from app.db import session_scope
+from app.errors import (
+    AddressHasName,
+    AddressNotRegistered,
+    BadRequest,
+    ChainUnavailable,
+    InvalidAddress,
+    InvalidName,
+    NameNotRegistered,
+    NameTaken,
+    ProofRejected,
+    RegistrationNotFound,
+    RegistrationsDisabled,
+)
+from app.models import PENDING, NameRecord, Registration
+
+logger = logging.getLogger(__name__)
+
+
+class RegistrationRequest(BaseModel):
+    """The body a Jami client POSTs to register a name."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    addr: str = Field(description="Jami ID: 40 hex, optional jami:/ring:/0x prefix.")
+    owner: str | None = Field(
+        default=None, description="Ethereum owner address (40 hex, optional 0x)."
+    )
+    publickey: str = Field(description="base64 of the account's public key (PEM or DER).")
+    signature: str = Field(description="base64 RSASSA-PKCS1-v1_5 SHA-512 signature over the name.")
+
+
+@dataclass(frozen=True)
+class NameView:
+    """A record as lookups return it; addresses are 40 lowercase hex."""
+
+    name: str
+    addr: str
+    owner: str
+    publickey: str | None
+    signature: str | None
+    pending: bool
+
+
+@dataclass(frozen=True)
+class RegistrationView:
+    name: str
+    state: str
+    tx: str | None
+    block: int | None
+    reason: str | None
+
+
+class NegativeCache:
+    """Keys recently found absent on chain, forgotten after `ttl` seconds."""
+
+    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        expiry = self._expiry.get(key)
+        if expiry is None:
+            return False
+        if expiry < time.monotonic():
+            del self._expiry[key]
+            return False
+        return True
+
+    def add(self, key: str) -> None:
+        if self.ttl <= 0:
+            return
+        self._expiry[key] = time.monotonic() + self.ttl
+        self._expiry.move_to_end(key)
+        while len(self._expiry) > self.max_entries:
+            self._expiry.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._expiry.pop(key, None)
+
+
+def _view(record: NameRecord) -> NameView:
+    return NameView(
+        name=record.name,
+        addr=record.addr,
+        owner=record.owner,
+        publickey=record.publickey or None,
+        signature=record.signature or None,
+        pending=record.pending,
+    )
+
+
+def _chain_candidates(name: str, folded: str) -> list[str]:
+    """On-chain keys a lookup of `name` may be stored under, most likely first.
+
+    The chain matches bytes exactly; clients register the ASCII-lowercased form.
+    """
+    nfc = unicodedata.normalize("NFC", name)
+    ascii_lowered = "".join(ch.lower() if ch.isascii() else ch for ch in nfc)
+    candidates: list[str] = []
+    for candidate in (ascii_lowered, nfc, folded):
+        if candidate not in candidates and len(candidate.encode()) <= names.MAX_BYTES:
+            candidates.append(candidate)
+    return candidates
+
+
+class NameService:
+    """Lookups and registrations over the SQL cache and the registrar."""
+
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        registrar: Registrar | None,
+        negative_cache_seconds: float,
+        registrations_enabled: bool,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.registrar = registrar
+        self.registrations_enabled = registrations_enabled
+        self.missing_names = NegativeCache(negative_cache_seconds)
+        self.missing_addrs = NegativeCache(negative_cache_seconds)
+        # Called after each accepted registration (the writer's wake-up).
+        self.on_accepted: list[Callable[[], None]] = []
+
+    # -- lookups ------------------------------------------------------------------------
+
+    async def lookup_name(self, name: str) -> NameView:
+        """The record of `name` (any case); NameNotRegistered, InvalidName or a 503."""
+        try:
+            folded = names.check_lookup_name(name)
+        except names.InvalidName as exc:
+            logger.debug("invalid name: %s", exc)
+            raise InvalidName() from exc
+        async with session_scope(self.sessionmaker) as session:
+            record = await session.scalar(
+                select(NameRecord).where(NameRecord.folded_name == folded)
+            )
+        if record is not None:
+            return _view(record)
+        if folded in self.missing_names:
+            raise NameNotRegistered()
+        found = await self._find_on_chain(name, folded)
+        if found is None:
+            self.missing_names.add(folded)
+            raise NameNotRegistered()
+        return _view(await self._fill(found))
+
+    async def lookup_addr(self, addr: str) -> str:
+        """The name bound to the Jami ID `addr`; AddressNotRegistered, InvalidAddress, 503."""
+        try:
+            jami_id = names.normalize_jami_id(addr)
+        except names.InvalidAddress as exc:
+            raise InvalidAddress() from exc
+        async with session_scope(self.sessionmaker) as session:
+            found_name = await session.scalar(
+                select(NameRecord.name).where(NameRecord.addr == jami_id).limit(1)
+            )
+        if found_name is not None:
+            return found_name
+        if jami_id in self.missing_addrs:
+            raise AddressNotRegistered()
+        registrar = self._registrar()
+        chain_name = await registrar.name_of(jami_id)
+        record = await registrar.record(chain_name) if chain_name is not None else None
+        if record is None or record.addr != jami_id:
+            self.missing_addrs.add(jami_id)
+            raise AddressNotRegistered()
+        await self._fill(record)
+        return record.name
+
+    async def registration_status(self, name: str) -> RegistrationView:
+        """What became of the latest registration of `name` accepted by this server."""
+        try:
+            folded = names.check_lookup_name(name)
+        except names.InvalidName as exc:
+            raise InvalidName() from exc
+        async with session_scope(self.sessionmaker) as session:
+            registration = await session.scalar(
+                select(Registration)
+                .where(Registration.folded_name == folded)
+                .order_by(Registration.id.desc())
+                .limit(1)
+            )
+        if registration is None:
+            raise RegistrationNotFound()
+        return RegistrationView(
+            name=registration.name,
+            state=registration.state,
+            tx=registration.tx_hash,
+            block=registration.block,
+            reason=registration.reason,
+        )
+
+    # -- registration -------------------------------------------------------------------
+
+    async def register(self, name: str, request: RegistrationRequest) -> None:
+        """Accept a registration durably (a pending row in SQL) or raise why not."""
+        try:
+            folded = names.check_registration_name(name)
+        except names.InvalidName as exc:
+            logger.info("registration refused, invalid name: %s", exc)
+            raise InvalidName() from exc
+        try:
+            jami_id = names.normalize_jami_id(request.addr)
+        except names.InvalidAddress as exc:
+            raise InvalidAddress() from exc
+        try:
+            owner = names.normalize_owner(request.owner)
+        except names.InvalidAddress as exc:
+            raise BadRequest("invalid owner") from exc
+        try:
+            proofs.verify_registration(
+                name=name,
+                jami_id=jami_id,
+                publickey_b64=request.publickey,
+                signature_b64=request.signature,
+            )
+        except proofs.MalformedProof as exc:
+            raise BadRequest(str(exc)) from exc
+        except proofs.ProofMismatch as exc:
+            raise ProofRejected(str(exc)) from exc
+        if not self.registrations_enabled:
+            raise RegistrationsDisabled()
+
+        if await self._check_sql(folded, jami_id, name):
+            return  # the same binding already exists: idempotent
+        if await self._check_chain(name, folded, jami_id):
+            return
+
+        registration = Registration(
+            name=name,
+            folded_name=folded,
+            addr=jami_id,
+            owner=owner,
+            publickey=request.publickey,
+            signature=request.signature,
+            claim_name=folded,
+            claim_addr=jami_id,
+            state=PENDING,
+        )
+        record = NameRecord(
+            name=name,
+            folded_name=folded,
+            addr=jami_id,
+            owner=owner,
+            publickey=request.publickey,
+            signature=request.signature,
+            pending=True,
+        )
+        try:
+            async with session_scope(self.sessionmaker) as session, session.begin():
+                session.add(registration)
+                session.add(record)
+        except sqlalchemy.exc.IntegrityError:
+            # Another request claimed the name or the address between our check and
+            # our insert: answer as if it had come first.
+            if await self._check_sql(folded, jami_id, name):
+                return
+            raise NameTaken() from None
+        logger.info("accepted %r for %s", name, jami_id)
+        self.missing_names.discard(folded)
+        self.missing_addrs.discard(jami_id)
+        for callback in self.on_accepted:
+            callback()
+
+    async def _check_sql(self, folded: str, jami_id: str, name: str) -> bool:
+        """True when SQL already binds this name to this ID; raises when it conflicts."""
+        async with session_scope(self.sessionmaker) as session:
+            by_name = await session.scalar(
+                select(NameRecord).where(NameRecord.folded_name == folded)
+            )
+            if by_name is not None:
+                if by_name.addr == jami_id:
+                    return True
+                raise NameTaken()
+            claim = await session.scalar(
+                select(Registration).where(Registration.claim_name == folded)
+            )
+            if claim is not None:
+                if claim.addr == jami_id:
+                    return True
+                raise NameTaken()
+            by_addr = await session.scalar(
+                select(NameRecord.name).where(NameRecord.addr == jami_id).limit(1)
+            )
+            if by_addr is None:
+                by_addr = await session.scalar(
+                    select(Registration.name).where(Registration.claim_addr == jami_id)
+                )
+            if by_addr is not None:
+                raise AddressHasName(name=by_addr, addr=jami_id)
+        return False
+
+    async def _check_chain(self, name: str, folded: str, jami_id: str) -> bool:
+        """Like _check_sql, against the chain (which SQL may not have seen yet)."""
+        registrar = self._registrar()
+        found = await self._find_on_chain(name, folded)
+        if found is not None:
+            await self._fill(found)
+            if found.addr == jami_id:
+                return True
+            raise NameTaken()
+        if await registrar.owner_of(name) != "0" * 40:
+            raise NameTaken()  # owned with no address: reserveFor would refuse it
+        existing = await registrar.name_of(jami_id)
+        if existing is not None:
+            record = await registrar.record(existing)
+            if record is not None and record.addr == jami_id:
+                await self._fill(record)
+            raise AddressHasName(name=existing, addr=jami_id)
+        return False
+
+    # -- chain reads --------------------------------------------------------------------
+
+    def _registrar(self) -> Registrar:
+        if self.registrar is None:
+            raise ChainUnavailable()
+        return self.registrar
+
+    async def _find_on_chain(self, name: str, folded: str) -> ChainRecord | None:
+        registrar = self._registrar()
+        for candidate in _chain_candidates(name, folded):
+            record = await registrar.record(candidate)
+            if record is not None:
+                return record
+        return None
+
+    async def _fill(self, found: ChainRecord) -> NameRecord:
+        """Store a record read from the chain; returns what SQL holds for its name."""
+        folded = names.fold(found.name)
+        try:
+            async with session_scope(self.sessionmaker) as session, session.begin():
+                existing = await session.scalar(
+                    select(NameRecord).where(NameRecord.folded_name == folded)
+                )
+                if existing is not None:
+                    return existing
+                record = NameRecord(
+                    name=found.name,
+                    folded_name=folded,
+                    addr=found.addr,
+                    owner=found.owner,
+                    publickey=found.publickey or None,
+                    signature=found.signature or None,
+                    pending=False,
+                )
+                session.add(record)
+                return record
+        except sqlalchemy.exc.IntegrityError:
+            async with session_scope(self.sessionmaker) as session:
+                existing = await session.scalar(
+                    select(NameRecord).where(NameRecord.folded_name == folded)
+                )
+            if existing is None:
+                raise
+            return existing

@@ -1,0 +1,126 @@
+"""Every setting of the server, read once from JAMINS_* variables and a .env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "jamins"
+
+
+class Settings(BaseSettings):
+    """The server's configuration. Tests build it explicitly; `jamins` reads the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JAMINS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the embedded node's chain, the SQLite file and the signer key live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (sqlite:///FILE or postgresql://...); default: "
+        "an SQLite file in the data directory.",
+    )
+    rpc_url: str | None = Field(
+        default=None,
+        description="JSON-RPC URL of the chain node. Unset: the server starts its own anvil "
+        "node (the embedded default).",
+    )
+    chain_id: int = Field(default=1551, description="Chain id the node must report.")
+    contract_address: str | None = Field(
+        default=None,
+        description="Registrar address. Unset: the address remembered in the database, or a "
+        "contract deployed on first start (embedded default, or JAMINS_DEPLOY=true).",
+    )
+    deploy: bool = Field(
+        default=False,
+        description="Deploy the registrar on first start when no address is known.",
+    )
+    signer_key: SecretStr | None = Field(
+        default=None,
+        description="Hex private key of the account that pays for registrations.",
+    )
+    signer_key_file: Path | None = Field(
+        default=None,
+        description="File holding the hex private key, or an encrypted keystore JSON.",
+    )
+    signer_keystore_password: SecretStr | None = Field(
+        default=None, description="Password of the keystore in signer_key_file."
+    )
+    gas_price_wei: int | None = Field(
+        default=None,
+        description="Gas price for registrations; unset: the node's eth_gasPrice.",
+    )
+    rpc_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds before a chain call is given up (503)."
+    )
+    request_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds before any request is answered 503."
+    )
+    negative_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a name the chain does not hold is remembered as free "
+        "(one Clique block).",
+    )
+    receipt_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the writer polls for receipts."
+    )
+    max_in_flight: int = Field(
+        default=16, ge=1, description="Registration transactions sent but not yet mined."
+    )
+    path_prefix: str = Field(
+        default="",
+        description="Serve the API under this lowercase prefix too (e.g. /jami).",
+    )
+    anvil_path: str | None = Field(
+        default=None, description="The anvil binary of the embedded default."
+    )
+    embedded_block_time: float | None = Field(
+        default=None,
+        description="Block time of the embedded node in seconds; unset: a block per transaction.",
+    )
+    embedded_state_interval: int | None = Field(
+        default=2,
+        description="Seconds between dumps of the embedded node's state to disk (it is also "
+        "dumped on a clean stop).",
+    )
+    log_level: str = Field(default="info", description="Log level.")
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and (not value.startswith("/") or value != value.lower()):
+            raise ValueError("path_prefix must start with / and be lowercase")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when the server runs its own chain node."""
+        return self.rpc_url is None
+
+    def sqlalchemy_url(self) -> str:
+        """The database URL for SQLAlchemy's sync engines (alembic, CLI)."""
+        if self.database_url is None:
+            return f"sqlite:///{self.data_dir / 'jamins.sqlite3'}"
+        url = self.database_url
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+
+    def async_sqlalchemy_url(self) -> str:
+        """The database URL for the server's async engine."""
+        url = self.sqlalchemy_url()
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+        return url
