@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ProviderConnectionError, RequestTimedOut, Web3RPCError
+from web3.exceptions import (
+    BadResponseFormat,
+    ProviderConnectionError,
+    RequestTimedOut,
+    Web3RPCError,
+)
 from web3.middleware import ExtraDataToPOAMiddleware
 
 from app.errors import ChainUnavailable
@@ -60,6 +66,9 @@ class ChainClient:
             raise ChainUnavailable("chain node timed out") from exc
         except (aiohttp.ClientError, ProviderConnectionError, RequestTimedOut, OSError) as exc:
             raise ChainUnavailable() from exc
+        except (json.JSONDecodeError, BadResponseFormat) as exc:
+            # Not a JSON-RPC answer (a proxy's error page): the node is not reachable.
+            raise ChainUnavailable("chain node sent a malformed answer") from exc
         except Web3RPCError as exc:
             raise ChainRejected(_rpc_message(exc)) from exc
 

@@ -63,12 +63,14 @@ def _from_file(path: Path, password: str | None) -> Signer:
         text = path.read_text()
     except OSError as exc:
         raise SignerKeyError(f"cannot read the signer key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SignerKeyError(f"the signer key file {path} is not text") from None
     if text.lstrip().startswith("{"):
         if password is None:
             raise SignerKeyError(f"{path} is a keystore: set JAMINS_SIGNER_KEYSTORE_PASSWORD")
         try:
             key = Account.decrypt(json.loads(text), password)
-        except ValueError:
+        except (ValueError, KeyError, TypeError):  # wrong password, or not a keystore
             raise SignerKeyError(f"cannot decrypt the keystore {path}") from None
         return Signer(Account.from_key(key))
     return _from_hex(text)

@@ -1,0 +1,355 @@
+"""The chain node connection (app/chain/client.py) against a small JSON-RPC server.
+
+No node available here produces Clique blocks, so the node is a real HTTP server in a
+thread that answers each JSON-RPC method as the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import pytest
+from eth_typing import HexStr
+from hexbytes import HexBytes
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import ExtraDataLengthError
+
+from app.chain.client import ChainClient, ChainIdMismatch, ChainRejected
+from app.chain.signer import Signer, load_signer
+from app.errors import ChainUnavailable
+from app.settings import Settings
+
+T = TypeVar("T")
+
+JAMI_CHAIN_ID = 1551
+# The two Clique signers of the published Jami genesis (PROTOCOL.md §6).
+JAMI_GENESIS_SIGNERS = (
+    "0x29B5638EB1440f715EB65E6ff1879dCA633A6Adf",
+    "0x65FA721fAdfB68ba85e3a5587dfbdbeac9521eD1",
+)
+CLIQUE_VANITY = bytes(32)
+CLIQUE_SEAL = bytes(range(1, 66))  # 65 bytes, not all zero so a truncation would show
+TEST_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+
+# (HTTP status, Content-Type, body), or None for a node that never answers.
+Reply = tuple[int, str, bytes] | None
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+class _RPCHandler(BaseHTTPRequestHandler):
+    server: _FakeNodeServer
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(request)
+        reply = self.server.responder(request)
+        if reply is None:
+            # Hold the connection open, silent, until the fixture stops the node.
+            self.server.stopping.wait()
+            self.close_connection = True
+            return
+        status, content_type, body = reply
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep the test output clean
+
+
+class _FakeNodeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, responder: Responder) -> None:
+        super().__init__(("127.0.0.1", 0), _RPCHandler)
+        self.responder = responder
+        self.requests: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+
+class FakeNode:
+    """A JSON-RPC endpoint on a free 127.0.0.1 port, answering with `responder`."""
+
+    def __init__(self, responder: Responder) -> None:
+        self._server = _FakeNodeServer(responder)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every JSON-RPC request the node received, in order."""
+        return self._server.requests
+
+    def stop(self) -> None:
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[[Responder], FakeNode]]:
+    """Start fake nodes for the test; all of them are stopped when it ends."""
+    nodes: list[FakeNode] = []
+
+    def start(responder: Responder) -> FakeNode:
+        node = FakeNode(responder)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def rpc_result(request: dict[str, Any], result: Any) -> Reply:
+    body = {"jsonrpc": "2.0", "id": request["id"], "result": result}
+    return 200, "application/json", json.dumps(body).encode()
+
+
+def rpc_error(request: dict[str, Any], code: int, message: str) -> Reply:
+    body = {"jsonrpc": "2.0", "id": request["id"], "error": {"code": code, "message": message}}
+    return 200, "application/json", json.dumps(body).encode()
+
+
+def answering(results: dict[str, Any]) -> Responder:
+    """A responder that answers the listed methods and refuses every other one."""
+
+    def respond(request: dict[str, Any]) -> Reply:
+        if request["method"] in results:
+            return rpc_result(request, results[request["method"]])
+        return rpc_error(request, -32601, f"the method {request['method']} does not exist")
+
+    return respond
+
+
+def clique_extra_data(signers: tuple[str, ...]) -> bytes:
+    """Vanity, the signer list (present at epoch blocks), then the signer's seal."""
+    return CLIQUE_VANITY + b"".join(bytes.fromhex(s[2:]) for s in signers) + CLIQUE_SEAL
+
+
+def clique_block(extra_data: bytes) -> dict[str, Any]:
+    """An eth_getBlockByNumber result as geth 1.13 serves it on a Clique chain."""
+    return {
+        "number": hex(0x1234),
+        "hash": "0x" + "ab" * 32,
+        "parentHash": "0x" + "cd" * 32,
+        "nonce": "0x0000000000000000",
+        "mixHash": "0x" + "00" * 32,
+        "sha3Uncles": "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347",
+        "logsBloom": "0x" + "00" * 256,
+        "transactionsRoot": "0x56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421",
+        "stateRoot": "0x" + "ef" * 32,
+        "receiptsRoot": "0x56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421",
+        "miner": "0x" + "00" * 20,
+        "difficulty": "0x2",
+        "totalDifficulty": hex(2 * 0x1234 + 1),
+        "extraData": "0x" + extra_data.hex(),
+        "size": "0x25f",
+        "gasLimit": hex(4_700_000),
+        "gasUsed": "0x0",
+        "timestamp": hex(0x5C75CB4C + 5 * 0x1234),
+        "transactions": [],
+        "uncles": [],
+    }
+
+
+def closed_port_url() -> str:
+    """The URL of a 127.0.0.1 port that nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def send_raw(raw: str) -> Callable[[ChainClient], Awaitable[HexBytes]]:
+    """eth_sendRawTransaction through the client, as the transaction writer sends."""
+    return lambda client: client.call(client.w3.eth.send_raw_transaction(HexStr(raw)))
+
+
+def with_client(url: str, timeout: float, use: Callable[[ChainClient], Awaitable[T]]) -> T:
+    """Run `use` on a fresh ChainClient in its own event loop, and close the client."""
+
+    async def main() -> T:
+        client = ChainClient(url, timeout=timeout)
+        try:
+            return await use(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def signer() -> Signer:
+    loaded = load_signer(Settings(_env_file=None, signer_key=TEST_KEY))
+    assert loaded is not None
+    return loaded
+
+
+# 32 + 65 bytes on an ordinary block; an epoch block lists the signers, 20 bytes each.
+CLIQUE_HEADERS = [
+    pytest.param((), 97, id="ordinary-block-97-bytes"),
+    pytest.param(JAMI_GENESIS_SIGNERS[:1], 117, id="epoch-one-signer-117-bytes"),
+    pytest.param(JAMI_GENESIS_SIGNERS, 137, id="jami-genesis-two-signers-137-bytes"),
+]
+
+
+@pytest.mark.parametrize(("signers", "length"), CLIQUE_HEADERS)
+def test_get_block_accepts_clique_extra_data(
+    start_node: Callable[[Responder], FakeNode], signers: tuple[str, ...], length: int
+) -> None:
+    extra_data = clique_extra_data(signers)
+    assert len(extra_data) == length
+    node = start_node(
+        answering({"eth_getBlockByNumber": clique_block(extra_data), "eth_chainId": "0x60f"})
+    )
+
+    block = with_client(node.url, 2, lambda client: client.get_block("latest"))
+
+    assert block["number"] == 0x1234
+    assert block["proofOfAuthorityData"] == HexBytes(extra_data)
+    assert block["proofOfAuthorityData"][-65:] == CLIQUE_SEAL
+    assert "extraData" not in block
+    assert node.requests[0]["method"] == "eth_getBlockByNumber"
+    assert node.requests[0]["params"] == ["latest", False]
+
+
+@pytest.mark.parametrize(("signers", "length"), CLIQUE_HEADERS)
+def test_get_block_without_poa_middleware_rejects_clique_extra_data(
+    start_node: Callable[[Responder], FakeNode], signers: tuple[str, ...], length: int
+) -> None:
+    extra_data = clique_extra_data(signers)
+    node = start_node(answering({"eth_getBlockByNumber": clique_block(extra_data)}))
+
+    async def main() -> None:
+        plain = AsyncWeb3(AsyncHTTPProvider(node.url))
+        try:
+            with pytest.raises(ExtraDataLengthError):
+                await plain.eth.get_block("latest")
+        finally:
+            await plain.provider.disconnect()
+
+    asyncio.run(main())
+
+
+def test_get_block_accepts_short_extra_data(start_node: Callable[[Responder], FakeNode]) -> None:
+    # A non-Clique node (the embedded anvil) sends at most 32 bytes: the middleware passes it.
+    node = start_node(answering({"eth_getBlockByNumber": clique_block(b"")}))
+
+    block = with_client(node.url, 2, lambda client: client.get_block(0))
+
+    assert block["number"] == 0x1234
+    assert node.requests[0]["params"] == ["0x0", False]
+
+
+def test_check_chain_id_accepts_matching_node(start_node: Callable[[Responder], FakeNode]) -> None:
+    node = start_node(answering({"eth_chainId": "0x60f"}))
+
+    with_client(node.url, 2, lambda client: client.check_chain_id(JAMI_CHAIN_ID))
+
+    assert [request["method"] for request in node.requests] == ["eth_chainId"]
+
+
+def test_check_chain_id_rejects_other_chain(start_node: Callable[[Responder], FakeNode]) -> None:
+    node = start_node(answering({"eth_chainId": hex(1337)}))
+
+    with pytest.raises(ChainIdMismatch) as caught:
+        with_client(node.url, 2, lambda client: client.check_chain_id(JAMI_CHAIN_ID))
+
+    assert "1337" in str(caught.value)
+    assert "1551" in str(caught.value)
+
+
+def test_chain_id_returns_node_value(start_node: Callable[[Responder], FakeNode]) -> None:
+    node = start_node(answering({"eth_chainId": "0x60f", "eth_blockNumber": "0x1234"}))
+
+    async def use(client: ChainClient) -> tuple[int, int]:
+        return await client.chain_id(), await client.block_number()
+
+    assert with_client(node.url, 2, use) == (1551, 0x1234)
+
+
+def test_call_unreachable_node_fails_fast() -> None:
+    url = closed_port_url()
+
+    started = time.monotonic()
+    with pytest.raises(ChainUnavailable):
+        with_client(url, 2, lambda client: client.chain_id())
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0
+
+
+def test_call_silent_node_times_out(start_node: Callable[[Responder], FakeNode]) -> None:
+    node = start_node(lambda request: None)
+
+    started = time.monotonic()
+    with pytest.raises(ChainUnavailable):
+        with_client(node.url, 0.5, lambda client: client.chain_id())
+    elapsed = time.monotonic() - started
+
+    assert 0.4 <= elapsed < 3.0
+    assert [request["method"] for request in node.requests] == ["eth_chainId"]
+
+
+def test_send_raw_transaction_returns_node_hash(
+    start_node: Callable[[Responder], FakeNode], signer: Signer
+) -> None:
+    signed = signer.sign_legacy(
+        nonce=7, gas=300_000, gas_price=10**9, to=None, data="0x00", chain_id=JAMI_CHAIN_ID
+    )
+    node = start_node(answering({"eth_sendRawTransaction": signed.tx_hash}))
+
+    tx_hash = with_client(node.url, 2, send_raw(signed.raw))
+
+    assert tx_hash == HexBytes(signed.tx_hash)
+    assert node.requests[0]["params"] == [signed.raw]
+
+
+def test_send_raw_transaction_rpc_error_is_rejected(
+    start_node: Callable[[Responder], FakeNode], signer: Signer
+) -> None:
+    signed = signer.sign_legacy(
+        nonce=0, gas=21_000, gas_price=10**9, to=None, data="0x", chain_id=JAMI_CHAIN_ID
+    )
+    node = start_node(lambda request: rpc_error(request, -32000, "nonce too low"))
+
+    with pytest.raises(ChainRejected) as caught:
+        with_client(node.url, 2, send_raw(signed.raw))
+
+    assert "nonce too low" in str(caught.value)
+    assert not isinstance(caught.value, ChainUnavailable)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param((500, "text/plain", b"Internal Server Error"), id="http-500-text"),
+        pytest.param((502, "text/html", b"<html>Bad Gateway</html>"), id="http-502-html"),
+        pytest.param((200, "text/html", b"<html>captive portal</html>"), id="http-200-html"),
+        pytest.param((200, "application/json", b"{truncated"), id="http-200-broken-json"),
+        pytest.param((200, "application/json", b'{"status": "ok"}'), id="http-200-not-json-rpc"),
+    ],
+)
+def test_call_malformed_answer_is_unavailable(
+    start_node: Callable[[Responder], FakeNode], reply: Reply
+) -> None:
+    # A proxy's error page means the node cannot be reached: a transient 503, not a 500.
+    node = start_node(lambda request: reply)
+
+    with pytest.raises(ChainUnavailable):
+        with_client(node.url, 2, lambda client: client.chain_id())
