@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -110,7 +111,9 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         signer = load_signer(settings)
         rpc_url = settings.rpc_url
         if settings.embedded:
-            runtime.node = await asyncio.to_thread(start_embedded_node, settings)
+            # Started from the event loop's own thread on purpose: PR_SET_PDEATHSIG fires
+            # when the starting thread ends, and a worker thread may end before we do.
+            runtime.node = start_embedded_node(settings)
             rpc_url = runtime.node.url
             if signer is None:
                 signer = load_or_create_key_file(settings.data_dir / "signer.key")
@@ -233,6 +236,26 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     return await handle_jamins_error(request, BadRequest("invalid request"))
 
 
+def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 on every route with parameters; ours answer 400 instead."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = schema.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application for these settings; state is built when its lifespan starts."""
 
@@ -249,6 +272,7 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
+    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(router)
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)

@@ -57,19 +57,42 @@ class PostgresServer:
         if self.as_user:
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(
-            [*self.as_user, str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-             "--auth=trust", "-E", "UTF8", "--no-sync"],
+            [
+                *self.as_user,
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        log = open(self.root / "postgres.log", "wb")  # noqa: SIM115 (kept for the server's life)
-        self.process = subprocess.Popen(
-            [*self.as_user, str(self.bin / "postgres"), "-D", str(self.data),
-             "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.root),
-             "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.root / "postgres.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    *self.as_user,
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.root),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while True:
             try:

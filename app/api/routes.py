@@ -196,6 +196,6 @@ def _first_problem(exc: ValidationError) -> str:
     return f"invalid body: {where} {problem.get('msg', '')}".strip()
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness, with the chain and registrar served")
+async def healthz(service: ServiceDep) -> dict[str, object]:
+    return service.describe()

@@ -14,6 +14,7 @@ from web3.exceptions import (
     BadResponseFormat,
     ProviderConnectionError,
     RequestTimedOut,
+    TransactionNotFound,
     Web3RPCError,
 )
 from web3.middleware import ExtraDataToPOAMiddleware
@@ -80,6 +81,25 @@ class ChainClient:
 
     async def get_block(self, block: int | str = "latest") -> Any:
         return await self.call(self.w3.eth.get_block(block))
+
+    async def receipt(self, tx_hash: str) -> Any | None:
+        """The transaction's receipt, or None while it is not mined."""
+        try:
+            return await self.call(self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+        except ChainRejected as exc:
+            if isinstance(exc.__cause__, TransactionNotFound):
+                return None
+            raise
+
+    async def transaction_known(self, tx_hash: str) -> bool:
+        """Whether the node holds the transaction, in its pool or in a block."""
+        try:
+            await self.call(self.w3.eth.get_transaction(tx_hash))  # type: ignore[arg-type]
+        except ChainRejected as exc:
+            if isinstance(exc.__cause__, TransactionNotFound):
+                return False
+            raise
+        return True
 
     async def check_chain_id(self, expected: int) -> None:
         actual = await self.chain_id()

@@ -70,7 +70,7 @@ async def deploy_registrar(
     await client.call(client.w3.eth.send_raw_transaction(signed.raw))
     async with asyncio.timeout(timeout):
         while True:
-            receipt = await client.call(client.w3.eth.get_transaction_receipt(signed.tx_hash))
+            receipt = await client.receipt(signed.tx_hash)
             if receipt is not None:
                 break
             await asyncio.sleep(0.5)
@@ -195,9 +195,8 @@ class TxWriter:
             return list(rows)
 
     async def _receipt(self, registration: Registration) -> dict[str, int] | None:
-        receipt = await self.client.call(
-            self.client.w3.eth.get_transaction_receipt(registration.tx_hash)  # type: ignore[arg-type]
-        )
+        assert registration.tx_hash is not None
+        receipt = await self.client.receipt(registration.tx_hash)
         if receipt is None:
             return None
         return {"blockNumber": int(receipt["blockNumber"]), "status": int(receipt["status"])}
@@ -208,7 +207,7 @@ class TxWriter:
         for registration in await self._in_flight():
             receipt = await self._receipt(registration)
             if receipt is None:
-                if not await self._tx_known(registration):
+                if not await self.client.transaction_known(registration.tx_hash):
                     assert registration.raw_tx is not None
                     try:
                         await self._broadcast(registration.raw_tx)
@@ -224,16 +223,6 @@ class TxWriter:
                 registration, receipt["blockNumber"], reverted=receipt["status"] != 1
             )
         return still
-
-    async def _tx_known(self, registration: Registration) -> bool:
-        """Whether the node still has the transaction (mempool or chain)."""
-        try:
-            await self.client.call(
-                self.client.w3.eth.get_transaction(registration.tx_hash)  # type: ignore[arg-type]
-            )
-        except ChainRejected:  # TransactionNotFound
-            return False
-        return True
 
     async def _decide(self, registration: Registration, block: int, *, reverted: bool) -> None:
         """Confirmed when the contract binds the name to the address after `block`."""

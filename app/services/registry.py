@@ -151,6 +151,14 @@ class NameService:
         # Called after each accepted registration (the writer's wake-up).
         self.on_accepted: list[Callable[[], None]] = []
 
+    def describe(self) -> dict[str, object]:
+        """What /healthz shows: liveness and the registrar this server serves."""
+        return {
+            "status": "ok",
+            "registrar": self.registrar.address.lower() if self.registrar else None,
+            "registrations": "enabled" if self.registrations_enabled else "disabled",
+        }
+
     # -- lookups ------------------------------------------------------------------------
 
     async def lookup_name(self, name: str) -> NameView:

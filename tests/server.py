@@ -1,0 +1,141 @@
+"""Run `jamins serve` as a real process on loopback, for tests that speak HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """One `python -m app serve` process with the given JAMINS_* environment."""
+
+    def __init__(self, *, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = env or {}
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
+        self.log_path = data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("JAMINS_")}
+        env.update(self.env)
+        env.setdefault("JAMINS_LOG_LEVEL", "info")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reaped)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reaped()
+                raise RuntimeError(f"server exited at start:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, as an operator's service manager would; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self._reaped()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self._reaped()
+
+    def _reaped(self) -> None:
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def registration(self, name: str) -> dict[str, object]:
+        answer = httpx.get(f"{self.url}/registrations/{name}", timeout=10)
+        body: dict[str, object] = answer.json()
+        return body
+
+    def wait_settled(self, name: str, timeout: float = 30.0) -> dict[str, object]:
+        """Poll /registrations/NAME until the registration is no longer pending."""
+        return self._wait(name, lambda body: body.get("state") not in (None, "pending"), timeout)
+
+    def wait_sent(self, name: str, timeout: float = 30.0) -> dict[str, object]:
+        """Poll /registrations/NAME until its transaction has been sent."""
+        return self._wait(name, lambda body: bool(body.get("tx")), timeout)
+
+    def _wait(
+        self, name: str, done: Callable[[dict[str, object]], bool], timeout: float
+    ) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.registration(name)
+            if done(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}: {body} after {timeout} s")
+            time.sleep(0.05)
+
+    def registrar_address(self) -> str:
+        return str(httpx.get(f"{self.url}/healthz", timeout=10).json()["registrar"])

@@ -1,0 +1,440 @@
+"""The JamiNS protocol over real HTTP: a jamins process, a real anvil node with the real
+contract, and SQLite or PostgreSQL (every test here runs on both)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from typing import Any
+
+import httpx
+import pytest
+from web3 import Web3
+
+from app.chain.anvil import AnvilNode, rpc
+from app.chain.registrar import artifact
+from app.names import to_bytes32
+from tests.conftest import AccountSupply, funded_key, unique_name
+from tests.jami_keys import CAPTURED_BODY, CAPTURED_NAME
+from tests.server import ServerProcess
+
+JSON = "application/json"
+
+
+def register(http: httpx.Client, name: str, body: Any) -> httpx.Response:
+    """POST as jamid does: raw JSON bytes, Content-Type: application/json."""
+    content = body if isinstance(body, bytes | str) else json.dumps(body)
+    return http.post(f"/name/{name}", content=content, headers={"Content-Type": JSON})
+
+
+class DirectWriter:
+    """Another party writing the registrar directly, not through our server."""
+
+    def __init__(self, anvil: AnvilNode, contract_address: str) -> None:
+        self.w3 = Web3(Web3.HTTPProvider(anvil.url))
+        self.key = funded_key(anvil)
+        self.account = self.w3.eth.account.from_key(self.key)
+        self.contract = self.w3.eth.contract(
+            address=Web3.to_checksum_address(contract_address), abi=artifact()["abi"]
+        )
+
+    def reserve_for(self, name: str, jami_id: str, *, gas_price: int = 2 * 10**9) -> str:
+        call = self.contract.functions.reserveFor(
+            to_bytes32(name),
+            self.account.address,
+            Web3.to_checksum_address("0x" + jami_id),
+            "",
+            "",
+        )
+        tx = call.build_transaction(
+            {
+                "from": self.account.address,
+                "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
+                "gas": 300_000,
+                "gasPrice": gas_price,
+                "chainId": 1551,
+            }
+        )
+        signed = self.account.sign_transaction(tx)
+        return "0x" + self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+
+
+@pytest.fixture
+def contract_address(server: ServerProcess) -> str:
+    return server.registrar_address()
+
+
+# -- lookups ------------------------------------------------------------------------------
+
+
+def test_lookup_unknown_name_is_404(http: httpx.Client) -> None:
+    answer = http.get(f"/name/{unique_name('free')}")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "name not registered"}
+    assert answer.headers["content-type"] == JSON
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        pytest.param("/name/ab", id="too-short"),
+        pytest.param("/name/" + "a" * 33, id="too-long"),
+        pytest.param("/name/" + "%E5%B1%B1" * 11, id="33-bytes"),
+        pytest.param("/name/a%2Fbc", id="encoded-slash"),
+        pytest.param("/name/abc%2Fowner", id="encoded-slash-before-owner"),
+        pytest.param("/name/a/b/c", id="slashes"),
+        pytest.param("/name/ab%20c", id="space"),
+        pytest.param("/name/abc.d", id="dot"),
+        pytest.param("/name/%FFabc", id="bad-utf8"),
+        pytest.param("/name/%F0%9F%98%80abc", id="emoji"),
+        pytest.param("/name/p%D0%B0ypal", id="mixed-script"),
+        pytest.param("/name/abc%E2%80%8Bd", id="zero-width-space"),
+        pytest.param("/name/", id="empty"),
+        pytest.param("/name/abc/", id="trailing-slash"),
+        pytest.param("/name/ab/owner", id="short-owner"),
+    ],
+)
+def test_lookup_invalid_name_is_400(http: httpx.Client, raw_path: str) -> None:
+    answer = http.get(raw_path)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "invalid name"}
+
+
+def test_lookup_after_register_matches_any_case(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name = unique_name("case")
+    assert register(http, name, account.registration_body(name)).json() == {"success": True}
+    for spelling in (name, name.upper(), name.capitalize()):
+        answer = http.get(f"/name/{spelling}")
+        assert answer.status_code == 200, spelling
+        assert answer.json() == {
+            "name": name,
+            "addr": "0x" + account.jami_id,
+            "publickey": account.publickey_b64,
+            "signature": account.sign(name),
+        }
+
+
+def test_lookup_unicode_name_by_fold(http: httpx.Client, new_account: AccountSupply) -> None:
+    account = new_account()
+    name = "élodie-" + secrets.token_hex(2)
+    assert register(http, name, account.registration_body(name)).status_code == 200
+    # As typed, uppercase É, percent-encoded with uppercase hex as current clients do.
+    typed = "%C3%89LODIE-" + name.split("-")[1].upper()
+    answer = http.get(f"/name/{typed}")
+    assert answer.status_code == 200
+    assert answer.json()["name"] == name
+
+
+def test_lookup_no_redirect_on_trailing_slash(http: httpx.Client) -> None:
+    answer = http.get("/name/someone/", follow_redirects=False)
+    assert answer.status_code == 400
+
+
+def test_lookup_extras_answer_owner_key_and_signature(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name = unique_name("extra")
+    owner = secrets.token_hex(20)
+    assert register(http, name, account.registration_body(name, owner=owner)).status_code == 200
+    assert http.get(f"/name/{name}/owner").json() == {"name": name, "owner": "0x" + owner}
+    assert http.get(f"/name/{name.upper()}/publickey").json() == {
+        "name": name,
+        "publickey": account.publickey_b64,
+    }
+    assert http.get(f"/name/{name}/signature").json() == {
+        "name": name,
+        "signature": account.sign(name),
+    }
+    assert http.get(f"/name/{unique_name('nobody')}/owner").status_code == 404
+
+
+# -- reverse lookups ----------------------------------------------------------------------
+
+
+def test_lookup_addr_accepts_prefixes_and_case(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name = unique_name("rev")
+    assert register(http, name, account.registration_body(name)).status_code == 200
+    jami_id = account.jami_id
+    for spelling in (
+        jami_id,
+        jami_id.upper(),
+        "0x" + jami_id,
+        "jami:" + jami_id,
+        "ring:" + jami_id.upper(),
+        "JAMI:0x" + jami_id,
+    ):
+        answer = http.get(f"/addr/{spelling}")
+        assert answer.status_code == 200, spelling
+        assert answer.json() == {"name": name}
+
+
+def test_lookup_addr_unknown_is_404(http: httpx.Client) -> None:
+    answer = http.get(f"/addr/{secrets.token_hex(20)}")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "address not registered"}
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        pytest.param("a" * 39, id="39-hex"),
+        pytest.param("a" * 41, id="41-hex"),
+        pytest.param("g" * 40, id="non-hex"),
+        pytest.param("jami:", id="prefix-only"),
+        pytest.param("sip:" + "a" * 40, id="other-scheme"),
+        pytest.param("%20" + "a" * 40, id="leading-space"),
+        pytest.param("a" * 40 + "/x", id="slash"),
+    ],
+)
+def test_lookup_addr_malformed_is_400(http: httpx.Client, addr: str) -> None:
+    answer = http.get(f"/addr/{addr}")
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "invalid address"}
+
+
+# -- registration -------------------------------------------------------------------------
+
+
+def test_register_captured_jamid_body_confirms_on_chain(
+    http: httpx.Client, server: ServerProcess
+) -> None:
+    answer = register(http, CAPTURED_NAME, CAPTURED_BODY)
+    assert answer.status_code == 200
+    assert answer.json() == {"success": True}
+    assert answer.headers["content-type"] == JSON
+    # Durable and visible before it is mined: pending or already confirmed, never absent.
+    assert http.get(f"/name/{CAPTURED_NAME}").status_code == 200
+    settled = server.wait_settled(CAPTURED_NAME)
+    assert settled["state"] == "confirmed"
+    assert isinstance(settled["block"], int)
+    assert str(settled["tx"]).startswith("0x")
+    found = http.get("/name/RawName2").json()
+    assert found["publickey"] == CAPTURED_BODY["publickey"]  # verbatim, trailing NUL too
+    assert base64.b64decode(found["publickey"]).endswith(b"\0")
+    assert found["addr"] == "0x" + CAPTURED_BODY["addr"]
+    # Idempotent: the same body again is a success, not "taken".
+    assert register(http, CAPTURED_NAME, CAPTURED_BODY).json() == {"success": True}
+
+
+def test_register_taken_name_is_409(http: httpx.Client, new_account: AccountSupply) -> None:
+    first, second = new_account(), new_account()
+    name = unique_name("taken")
+    assert register(http, name, first.registration_body(name)).status_code == 200
+    answer = register(http, name, second.registration_body(name))
+    assert answer.status_code == 409
+    assert answer.json() == {"success": False, "error": "name already taken"}
+
+
+def test_register_second_name_for_address_is_403(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name, other = unique_name("one"), unique_name("two")
+    assert register(http, name, account.registration_body(name)).status_code == 200
+    answer = register(http, other, account.registration_body(other))
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "success": False,
+        "error": "address already has a name",
+        "name": name,
+        "addr": "0x" + account.jami_id,
+    }
+
+
+def test_register_key_of_another_account_is_401(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account, other = new_account(), new_account()
+    name = unique_name("stolen")
+    body = account.registration_body(name)
+    body["addr"] = other.jami_id  # squatting someone else's reverse slot
+    answer = register(http, name, body)
+    assert answer.status_code == 401
+    assert answer.json()["success"] is False
+    assert http.get(f"/addr/{other.jami_id}").status_code == 404
+
+
+def test_register_replayed_signature_is_401(http: httpx.Client, new_account: AccountSupply) -> None:
+    account = new_account()
+    name, replayed = unique_name("orig"), unique_name("replay")
+    answer = register(http, replayed, account.registration_body(name))
+    assert answer.status_code == 401
+    assert http.get(f"/name/{replayed}").status_code == 404
+
+
+def _with(body: dict[str, str], **changes: Any) -> dict[str, Any]:
+    changed: dict[str, Any] = {**body, **changes}
+    return {key: value for key, value in changed.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        pytest.param(lambda body: b"not json", "body is not valid JSON", id="not-json"),
+        pytest.param(lambda body: b"", "body is not valid JSON", id="empty"),
+        pytest.param(lambda body: b"[]", None, id="array"),
+        pytest.param(lambda body: _with(body, addr=None), None, id="no-addr"),
+        pytest.param(lambda body: _with(body, publickey=None), None, id="no-publickey"),
+        pytest.param(lambda body: _with(body, signature=None), None, id="no-signature"),
+        pytest.param(lambda body: _with(body, addr=12), None, id="addr-number"),
+        pytest.param(lambda body: _with(body, addr="xyz"), "invalid address", id="addr-bad"),
+        pytest.param(lambda body: _with(body, owner="12"), "invalid owner", id="owner-bad"),
+        pytest.param(lambda body: _with(body, publickey="!!"), None, id="key-not-base64"),
+        pytest.param(
+            lambda body: _with(body, publickey=base64.b64encode(b"garbage").decode()),
+            None,
+            id="key-garbage",
+        ),
+        pytest.param(lambda body: _with(body, signature="@@"), None, id="sig-not-base64"),
+        pytest.param(lambda body: _with(body, publickey="A" * 20_000), None, id="body-too-large"),
+    ],
+)
+def test_register_malformed_body_is_400(
+    http: httpx.Client, new_account: AccountSupply, mutate: Any, error: str | None
+) -> None:
+    account = new_account()
+    name = unique_name("bad")
+    answer = register(http, name, mutate(account.registration_body(name)))
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["success"] is False
+    if error is not None:
+        assert body["error"] == error
+    assert http.get(f"/name/{name}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("Upper-" + "x", id="ascii-uppercase"),
+        pytest.param("ab", id="too-short"),
+        pytest.param("e\u0301lodie", id="nfd"),
+        pytest.param("a b c", id="space"),
+    ],
+)
+def test_register_invalid_name_is_400(
+    http: httpx.Client, new_account: AccountSupply, name: str
+) -> None:
+    account = new_account()
+    answer = http.post(
+        "/name/" + httpx.URL(f"http://x/{name}").raw_path.decode()[1:],
+        content=json.dumps(account.registration_body(name)),
+        headers={"Content-Type": JSON},
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"success": False, "error": "invalid name"}
+
+
+def test_register_without_content_type_still_parses(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name = unique_name("curl")
+    answer = http.post(f"/name/{name}", content=json.dumps(account.registration_body(name)))
+    assert answer.status_code == 200
+
+
+# -- the chain as the source of truth ----------------------------------------------------
+
+
+def test_lookup_fills_from_names_registered_directly_on_chain(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str
+) -> None:
+    writer = DirectWriter(anvil, contract_address)
+    name, jami_id = unique_name("direct"), secrets.token_hex(20)
+    writer.reserve_for(name, jami_id)
+    answer = http.get(f"/name/{name.upper()}")
+    assert answer.status_code == 200
+    assert answer.json() == {"name": name, "addr": "0x" + jami_id}
+    other_name, other_id = unique_name("direct"), secrets.token_hex(20)
+    writer.reserve_for(other_name, other_id)
+    assert http.get(f"/addr/{other_id}").json() == {"name": other_name}
+
+
+def test_register_name_taken_on_chain_is_409(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str, new_account: AccountSupply
+) -> None:
+    name = unique_name("chain")
+    DirectWriter(anvil, contract_address).reserve_for(name, secrets.token_hex(20))
+    account = new_account()
+    answer = register(http, name, account.registration_body(name))
+    assert answer.status_code == 409
+
+
+def test_register_lost_on_chain_race_is_failed_not_confirmed(
+    http: httpx.Client,
+    anvil: AnvilNode,
+    contract_address: str,
+    new_account: AccountSupply,
+    server: ServerProcess,
+) -> None:
+    """Our reserveFor is mined after another writer's for the same name: a mined
+    transaction that changed nothing must end as failed, and lookups show the chain."""
+    writer = DirectWriter(anvil, contract_address)
+    account = new_account()
+    name, rival_id = unique_name("race"), secrets.token_hex(20)
+    rpc(anvil.url, "evm_setAutomine", [False])
+    try:
+        assert register(http, name, account.registration_body(name)).status_code == 200
+        server.wait_sent(name)
+        # Higher gas price: the rival's transaction goes first in the block.
+        writer.reserve_for(name, rival_id, gas_price=50 * 10**9)
+        rpc(anvil.url, "evm_mine")
+    finally:
+        rpc(anvil.url, "evm_setAutomine", [True])
+    settled = server.wait_settled(name)
+    assert settled["state"] == "failed"
+    assert "taken on chain" in str(settled["reason"])
+    assert http.get(f"/name/{name}").json()["addr"] == "0x" + rival_id
+    # The account is free to register another name now.
+    retry = unique_name("retry")
+    assert register(http, retry, account.registration_body(retry)).status_code == 200
+    assert server.wait_settled(retry)["state"] == "confirmed"
+
+
+def test_registration_status_unknown_is_404(http: httpx.Client) -> None:
+    answer = http.get(f"/registrations/{unique_name('never')}")
+    assert answer.status_code == 404
+    assert answer.json()["error"]
+
+
+# -- protocol hygiene ---------------------------------------------------------------------
+
+
+def test_unknown_route_answers_json(http: httpx.Client) -> None:
+    answer = http.get("/nothing/here")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == JSON
+
+
+def test_openapi_documents_real_status_codes(http: httpx.Client) -> None:
+    spec = http.get("/openapi.json").json()
+    post = spec["paths"]["/name/{name}"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "409", "503"} <= set(post)
+    assert "422" not in post
+    get = spec["paths"]["/name/{name}"]["get"]["responses"]
+    assert {"200", "400", "404", "503"} <= set(get)
+    assert "422" not in get
+    assert "/registrations/{name}" in spec["paths"]
+    assert http.get("/docs").status_code == 200
+
+
+def test_restart_keeps_every_name(
+    http: httpx.Client, server: ServerProcess, new_account: AccountSupply
+) -> None:
+    account = new_account()
+    name = unique_name("durable")
+    assert register(http, name, account.registration_body(name)).status_code == 200
+    server.restart()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get(f"/name/{name}").json()["addr"] == "0x" + account.jami_id
+        assert client.get(f"/addr/{account.jami_id}").json() == {"name": name}
+        assert server.wait_settled(name)["state"] == "confirmed"
