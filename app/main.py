@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.routes import router
 from app.chain.anvil import AnvilNode, find_anvil, fund
 from app.chain.client import ChainClient
-from app.chain.registrar import Registrar, deployment_data
+from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
@@ -88,6 +88,13 @@ async def resolve_registrar(
             )
         if signer is None:
             raise StartupError("deploying the registrar needs a signer key")
+        # The embedded key's first transaction deploys the registrar, so a lost database
+        # finds it again at the key's first CREATE address instead of deploying anew.
+        first = create_address(signer.address, 0)
+        if settings.embedded and await Registrar(client, first).is_deployed():
+            address = first
+    if address is None:
+        assert signer is not None
         address, block = await deploy_registrar(
             client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
         )

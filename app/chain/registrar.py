@@ -9,6 +9,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import rlp
+from eth_utils import keccak
 from web3 import AsyncWeb3
 
 from app.chain.client import ChainClient
@@ -112,6 +114,12 @@ class Registrar:
                 args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
             )
         )
+
+
+def create_address(deployer: str, nonce: int) -> str:
+    """Where a contract deployed by `deployer` with `nonce` lands (CREATE): 0x + 40 hex."""
+    digest = keccak(rlp.encode([bytes.fromhex(_hex40(deployer)), nonce]))
+    return "0x" + digest[12:].hex()
 
 
 def deployment_data() -> str:
