@@ -129,7 +129,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         runtime.client = client
         await client.check_chain_id(settings.chain_id)
         if runtime.node is not None and signer is not None:
-            balance = await client.call(client.w3.eth.get_balance(signer.address))  # type: ignore[arg-type]
+            balance = await client.call(client.w3.eth.get_balance(signer.address))
             if balance < EMBEDDED_FUNDING_WEI // 2:
                 await asyncio.to_thread(fund, rpc_url, signer.address, EMBEDDED_FUNDING_WEI)
         registrar = await resolve_registrar(settings, client, signer, sessionmaker)

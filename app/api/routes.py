@@ -165,7 +165,7 @@ async def get_registration(
     view = await service.registration_status(raw_name)
     return RegistrationAnswer(
         name=view.name,
-        state=view.state,  # type: ignore[arg-type]
+        state=view.state,
         tx=view.tx,
         block=view.block,
         reason=view.reason,

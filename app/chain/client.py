@@ -18,6 +18,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.middleware import ExtraDataToPOAMiddleware
+from web3.types import BlockIdentifier
 
 from app.errors import ChainUnavailable
 
@@ -34,7 +35,7 @@ class ChainIdMismatch(RuntimeError):
     """The node serves another chain than the one configured."""
 
 
-def make_web3(url: str, timeout: float) -> AsyncWeb3:
+def make_web3(url: str, timeout: float) -> AsyncWeb3[AsyncHTTPProvider]:
     """An AsyncWeb3 on `url` that accepts Clique headers and gives up after `timeout` s."""
     provider = AsyncHTTPProvider(
         url,
@@ -79,7 +80,7 @@ class ChainClient:
     async def block_number(self) -> int:
         return await self.call(self.w3.eth.block_number)
 
-    async def get_block(self, block: int | str = "latest") -> Any:
+    async def get_block(self, block: BlockIdentifier = "latest") -> Any:
         return await self.call(self.w3.eth.get_block(block))
 
     async def receipt(self, tx_hash: str) -> Any | None:

@@ -10,8 +10,9 @@ from importlib import resources
 from typing import Any
 
 import rlp
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
+from web3.types import BlockIdentifier
 
 from app.chain.client import ChainClient
 from app.names import InvalidName, from_bytes32, to_bytes32
@@ -59,20 +60,20 @@ class Registrar:
         code = await self.client.call(self.client.w3.eth.get_code(self.address))
         return len(code) > 0
 
-    async def addr_of(self, name: str, block: int | str = "latest") -> str:
+    async def addr_of(self, name: str, block: BlockIdentifier = "latest") -> str:
         """The Jami ID bound to `name` (40 hex), ZERO_ADDRESS when none."""
         result = await self.client.call(
             self.contract.functions.addr(to_bytes32(name)).call(block_identifier=block)
         )
         return _hex40(result)
 
-    async def owner_of(self, name: str, block: int | str = "latest") -> str:
+    async def owner_of(self, name: str, block: BlockIdentifier = "latest") -> str:
         result = await self.client.call(
             self.contract.functions.owner(to_bytes32(name)).call(block_identifier=block)
         )
         return _hex40(result)
 
-    async def name_of(self, jami_id: str, block: int | str = "latest") -> str | None:
+    async def name_of(self, jami_id: str, block: BlockIdentifier = "latest") -> str | None:
         """The name whose primary address is `jami_id`, or None."""
         raw = await self.client.call(
             self.contract.functions.name(_checksum(jami_id)).call(block_identifier=block)
@@ -84,7 +85,7 @@ class Registrar:
         except InvalidName:
             return None
 
-    async def record(self, name: str, block: int | str = "latest") -> ChainRecord | None:
+    async def record(self, name: str, block: BlockIdentifier = "latest") -> ChainRecord | None:
         """The full record of `name`, or None when the chain binds no address to it."""
         key = to_bytes32(name)
         functions = self.contract.functions

@@ -7,9 +7,11 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 
 from app.settings import Settings
 
@@ -29,7 +31,7 @@ class Signer:
 
     def __init__(self, account: LocalAccount) -> None:
         self._account = account
-        self.address: str = account.address
+        self.address: ChecksumAddress = account.address
 
     def __repr__(self) -> str:
         return f"Signer({self.address})"
@@ -37,7 +39,7 @@ class Signer:
     def sign_legacy(
         self, *, nonce: int, gas: int, gas_price: int, to: str | None, data: str, chain_id: int
     ) -> SignedTx:
-        tx: dict[str, object] = {
+        tx: dict[str, Any] = {
             "nonce": nonce,
             "gas": gas,
             "gasPrice": gas_price,

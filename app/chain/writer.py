@@ -14,9 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eth_typing import HexStr
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
+from web3.types import BlockIdentifier
 
 from app.chain.client import ChainClient, ChainRejected
 from app.chain.registrar import ZERO_ADDRESS, Registrar
@@ -67,7 +69,7 @@ async def deploy_registrar(
         data=bytecode,
         chain_id=policy.chain_id,
     )
-    await client.call(client.w3.eth.send_raw_transaction(signed.raw))
+    await client.call(client.w3.eth.send_raw_transaction(HexStr(signed.raw)))
     async with asyncio.timeout(timeout):
         while True:
             receipt = await client.receipt(signed.tx_hash)
@@ -207,7 +209,9 @@ class TxWriter:
         for registration in await self._in_flight():
             receipt = await self._receipt(registration)
             if receipt is None:
-                if not await self.client.transaction_known(registration.tx_hash):
+                if registration.tx_hash and not await self.client.transaction_known(
+                    registration.tx_hash
+                ):
                     assert registration.raw_tx is not None
                     try:
                         await self._broadcast(registration.raw_tx)
@@ -235,7 +239,7 @@ class TxWriter:
             reason = "transaction reverted; " + reason
         await self._fail(registration.id, reason, block)
 
-    async def _why_not(self, registration: Registration, block: int | str) -> str:
+    async def _why_not(self, registration: Registration, block: BlockIdentifier) -> str:
         bound = await self.registrar.addr_of(registration.name, block)
         owner = await self.registrar.owner_of(registration.name, block)
         if bound != ZERO_ADDRESS or owner != ZERO_ADDRESS:
@@ -366,7 +370,7 @@ class TxWriter:
 
     async def _broadcast(self, raw_tx: str) -> None:
         try:
-            await self.client.call(self.client.w3.eth.send_raw_transaction(raw_tx))
+            await self.client.call(self.client.w3.eth.send_raw_transaction(HexStr(raw_tx)))
         except ChainRejected as exc:
             if "already known" in str(exc).lower() or "already imported" in str(exc).lower():
                 return
