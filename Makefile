@@ -30,7 +30,9 @@ $(PY_STAMP): pyproject.toml
 
 $(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is needed (Node.js 18+): apt-get install nodejs npm"; exit 1; }
-	npm ci --no-audit --no-fund --loglevel=error
+	# Not `npm ci`: npm 11 leaves the other platforms' anvil binaries out of the lock file
+	# and then refuses it; `npm install` still installs exactly the locked versions.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The tests start their own PostgreSQL server; they need its binaries, not a running one.
