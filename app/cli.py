@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import uvicorn
 
+from app.logs import configure_logging
 from app.settings import Settings
 
 cli = typer.Typer(
@@ -31,16 +31,6 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and .env, with command-line options on top."""
     given = {key: value for key, value in overrides.items() if value is not None}
     return Settings(**given)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # web3 logs request payloads at DEBUG, and a payload holds signed transactions.
-    logging.getLogger("web3").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 @cli.command()

@@ -24,6 +24,7 @@ from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
 from app.errors import RETRY_AFTER_SECONDS, BadRequest, JaminsError, handle_jamins_error
+from app.logs import RequestIdMiddleware
 from app.services.registry import NameService
 from app.settings import Settings
 
@@ -285,6 +286,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
+    app.add_middleware(RequestIdMiddleware)
     if settings.path_prefix:
         app.add_middleware(PathPrefixMiddleware, prefix=settings.path_prefix)
     return app
