@@ -1,0 +1,143 @@
+"""Starting against a configured node: what the server refuses, what it remembers, and a
+registration queue that survives a crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+
+from app.chain.anvil import AnvilNode, rpc
+from tests.conftest import funded_key, unique_name
+from tests.jami_keys import make_account
+from tests.server import REPO_ROOT, ServerProcess
+
+
+@pytest.fixture
+def node(anvil_binary: str) -> Iterator[AnvilNode]:
+    with AnvilNode(binary=anvil_binary) as running:
+        yield running
+
+
+def _jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_refuses_another_chain_id(node: AnvilNode, tmp_path: Path) -> None:
+    server = ServerProcess(
+        data_dir=tmp_path,
+        env={"JAMINS_RPC_URL": node.url, "JAMINS_CHAIN_ID": "1337", "JAMINS_DEPLOY": "true"},
+    )
+    with pytest.raises(RuntimeError, match="serves chain id 1551, not the configured 1337"):
+        server.start()
+
+
+def test_serve_refuses_without_registrar_address(node: AnvilNode, tmp_path: Path) -> None:
+    server = ServerProcess(data_dir=tmp_path, env={"JAMINS_RPC_URL": node.url})
+    with pytest.raises(RuntimeError, match="no registrar address: set JAMINS_CONTRACT_ADDRESS"):
+        server.start()
+
+
+def test_deploy_then_serve_remembers_registrar_and_status_reports(
+    node: AnvilNode, tmp_path: Path
+) -> None:
+    env = {
+        "JAMINS_RPC_URL": node.url,
+        "JAMINS_SIGNER_KEY": funded_key(node),
+        "JAMINS_DATA_DIR": str(tmp_path),
+    }
+    deployed = _jamins("deploy", env=env)
+    assert deployed.returncode == 0, deployed.stderr
+    address = deployed.stdout.strip()
+    assert address.startswith("0x") and len(address) == 42
+    assert env["JAMINS_SIGNER_KEY"][2:] not in deployed.stdout + deployed.stderr
+
+    server = ServerProcess(data_dir=tmp_path, env=env)
+    server.start()
+    try:
+        assert server.registrar_address() == address
+        account, name = make_account(), unique_name("status")
+        answer = httpx.post(f"{server.url}/name/{name}", json=account.registration_body(name))
+        assert answer.status_code == 200
+        assert server.wait_settled(name)["state"] == "confirmed"
+    finally:
+        server.stop()
+    assert env["JAMINS_SIGNER_KEY"][2:] not in server.log_tail(1_000_000)
+
+    shown = _jamins("status", name.upper(), env=env)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["name"] == name and status["state"] == "confirmed"
+    assert isinstance(status["block"], int) and status["tx"].startswith("0x")
+    unknown = _jamins("status", unique_name("never"), env=env)
+    assert unknown.returncode == 1
+    assert "never accepted" in unknown.stderr
+
+
+def test_serve_without_signer_answers_lookups_and_503_for_registrations(
+    node: AnvilNode, tmp_path: Path
+) -> None:
+    deployer = {"JAMINS_RPC_URL": node.url, "JAMINS_SIGNER_KEY": funded_key(node)}
+    address = _jamins("deploy", env={**deployer, "JAMINS_DATA_DIR": str(tmp_path / "d")})
+    server = ServerProcess(
+        data_dir=tmp_path / "ro",
+        env={"JAMINS_RPC_URL": node.url, "JAMINS_CONTRACT_ADDRESS": address.stdout.strip()},
+    )
+    server.start()
+    try:
+        account, name = make_account(), unique_name("readonly")
+        assert httpx.get(f"{server.url}/name/{name}").status_code == 404
+        answer = httpx.post(f"{server.url}/name/{name}", json=account.registration_body(name))
+        assert answer.status_code == 503
+        assert answer.json()["success"] is False
+    finally:
+        server.stop()
+
+
+def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_path: Path) -> None:
+    key = funded_key(node)
+    env = {
+        "JAMINS_RPC_URL": node.url,
+        "JAMINS_DEPLOY": "true",
+        "JAMINS_SIGNER_KEY": key,
+        "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+    }
+    server = ServerProcess(data_dir=tmp_path, env=env)
+    server.start()
+    names = [unique_name("crash") for _ in range(3)]
+    rpc(node.url, "evm_setAutomine", [False])
+    try:
+        for name in names:
+            body = make_account().registration_body(name)
+            assert httpx.post(f"{server.url}/name/{name}", json=body).status_code == 200
+        for name in names:
+            server.wait_sent(name)
+        server.kill()  # kill -9: nothing is flushed, nothing is said
+        # The node loses its pool too, as a node restart would.
+        rpc(node.url, "anvil_dropAllTransactions")
+    finally:
+        rpc(node.url, "evm_setAutomine", [True])
+    server.start()
+    try:
+        states = [server.wait_settled(name) for name in names]
+        assert [state["state"] for state in states] == ["confirmed"] * 3
+        lookups = [httpx.get(f"{server.url}/name/{name}").status_code for name in names]
+        assert lookups == [200] * 3
+    finally:
+        server.stop()
+    # Exactly one deployment and one transaction per name: nothing sent twice.
+    sender = Account.from_key(key).address
+    assert int(rpc(node.url, "eth_getTransactionCount", [sender, "latest"]), 16) == 1 + 3
