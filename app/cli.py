@@ -158,5 +158,61 @@ async def _status(settings: Settings, name: str) -> dict[str, Any] | None:
     }
 
 
+@cli.command()
+def genesis(
+    signer: Annotated[
+        list[str],
+        typer.Option(help="Address of a sealing signer (repeat for several).", show_default=False),
+    ],
+    chain_id: Annotated[
+        int, typer.Option(help="Chain id of the new network (not 1551).", show_default=False)
+    ],
+    period: Annotated[int, typer.Option(help="Seconds between blocks.")] = 5,
+    epoch: Annotated[int, typer.Option(help="Blocks between Clique checkpoints.")] = 30000,
+    gas_limit: Annotated[int, typer.Option(help="Block gas limit.")] = 0x47B760,
+    fund: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Account to pre-fund, e.g. the name server's signer (repeatable; "
+            "default: the sealing signers).",
+            show_default=False,
+        ),
+    ] = None,
+    timestamp: Annotated[
+        int | None, typer.Option(help="Genesis timestamp; default: now.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write here instead of stdout.", show_default=False)
+    ] = None,
+) -> None:
+    """Write the genesis of a private Clique network with the Jami chain's fork rules."""
+    import time
+
+    from app.genesis import JAMI_CHAIN_ID, GenesisError, build_clique_genesis
+
+    if chain_id == JAMI_CHAIN_ID:
+        typer.echo("1551 is the public Jami network: pick another chain id", err=True)
+        raise typer.Exit(2)
+    try:
+        document = build_clique_genesis(
+            signers=signer,
+            chain_id=chain_id,
+            period=period,
+            epoch=epoch,
+            gas_limit=gas_limit,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
+            funded=fund or None,
+        )
+    except GenesisError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    text = json.dumps(document, indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     cli()

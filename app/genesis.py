@@ -1,0 +1,131 @@
+"""Clique genesis files: the public Jami chain's (network 1551) and private networks'.
+
+Pure functions over plain values; `jamins genesis` writes what they return. The fork
+schedule is the Jami chain's (PROTOCOL.md §6): nothing after Constantinople, which geth
+also reads as Petersburg when `petersburgBlock` is absent, so a registrar built for the
+`petersburg` EVM behaves the same on a private network as on 1551.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+JAMI_CHAIN_ID = 1551
+JAMI_SIGNERS = (
+    "0x29B5638EB1440f715EB65E6ff1879dCA633A6Adf",
+    "0x65FA721fAdfB68ba85e3a5587dfbdbeac9521eD1",
+)
+JAMI_TIMESTAMP = 0x5C75CB4C
+JAMI_BOOTNODE = (
+    "enode://11ba6d3bfdc29a8afb24dcfcf9a08c8008005ead62756eadb363523c2ca8b819efbb264053db3d73"
+    "949f1375bb3f03090f44cacfb88bade38bb6fc2cb3d890a5@173.231.120.228:30301"
+)
+
+DEFAULT_PERIOD = 5
+DEFAULT_EPOCH = 30000
+DEFAULT_GAS_LIMIT = 0x47B760  # 4,700,000: about three RSA-4096 registrations a block
+DEFAULT_BALANCE = 0x200000000000000000000000000000000000000000000000000000000000000
+
+EXTRA_VANITY_BYTES = 32
+EXTRA_SEAL_BYTES = 65
+ZERO_HASH = "0x" + "00" * 32
+ZERO_ADDRESS = "0x" + "00" * 20
+
+_ADDRESS = re.compile(r"^(0x)?[0-9a-fA-F]{40}$")
+
+
+class GenesisError(ValueError):
+    """The genesis cannot be built from these values (the message says which)."""
+
+
+def normalize_address(address: str) -> str:
+    """`address` as 0x + 40 lowercase hex; GenesisError when it is not an address."""
+    if not _ADDRESS.match(address.strip()):
+        raise GenesisError(f"not an Ethereum address: {address!r}")
+    return "0x" + address.strip().lower().removeprefix("0x")
+
+
+def clique_extra_data(signers: Iterable[str]) -> str:
+    """Clique's genesis extraData: 32 zero bytes, each signer's 20 bytes, 65 zero bytes."""
+    addresses = sorted({normalize_address(signer) for signer in signers})
+    if not addresses:
+        raise GenesisError("a Clique network needs at least one signer")
+    body = "".join(address.removeprefix("0x") for address in addresses)
+    return "0x" + "00" * EXTRA_VANITY_BYTES + body + "00" * EXTRA_SEAL_BYTES
+
+
+def jami_fork_config(chain_id: int, *, period: int, epoch: int) -> dict[str, Any]:
+    """The chain config: the Jami chain's fork blocks and a Clique engine."""
+    return {
+        "chainId": chain_id,
+        "homesteadBlock": 1,
+        "eip150Block": 2,
+        "eip150Hash": ZERO_HASH,
+        "eip155Block": 3,
+        "eip158Block": 3,
+        "byzantiumBlock": 4,
+        "constantinopleBlock": 5,
+        "clique": {"period": period, "epoch": epoch},
+    }
+
+
+def build_clique_genesis(
+    *,
+    signers: Iterable[str],
+    chain_id: int,
+    period: int = DEFAULT_PERIOD,
+    epoch: int = DEFAULT_EPOCH,
+    gas_limit: int = DEFAULT_GAS_LIMIT,
+    timestamp: int = 0,
+    funded: Iterable[str] | None = None,
+    balance: int = DEFAULT_BALANCE,
+) -> dict[str, Any]:
+    """A geth genesis for a Clique network sealed by `signers`.
+
+    `funded` accounts (default: the signers, as on the Jami chain) start with `balance` wei.
+    """
+    signer_list = list(signers)
+    if chain_id <= 0:
+        raise GenesisError("the chain id must be a positive integer")
+    if period < 0 or epoch <= 0:
+        raise GenesisError("the period must be >= 0 and the epoch > 0")
+    if gas_limit < 5000:
+        raise GenesisError("the gas limit must be at least 5000 (geth's minimum)")
+    extra_data = clique_extra_data(signer_list)
+    funded_list = signer_list if funded is None else list(funded)
+    alloc = {
+        normalize_address(account): {"balance": hex(balance)}
+        for account in sorted({normalize_address(account) for account in funded_list})
+    }
+    return {
+        "config": jami_fork_config(chain_id, period=period, epoch=epoch),
+        "nonce": "0x0",
+        "timestamp": hex(timestamp),
+        "extraData": extra_data,
+        "gasLimit": hex(gas_limit),
+        "difficulty": "0x1",
+        "mixHash": ZERO_HASH,
+        "coinbase": ZERO_ADDRESS,
+        "alloc": alloc,
+        "number": "0x0",
+        "gasUsed": "0x0",
+        "parentHash": ZERO_HASH,
+    }
+
+
+def jami_genesis() -> dict[str, Any]:
+    """The genesis of the public Jami chain, network 1551 (PROTOCOL.md §6)."""
+    return build_clique_genesis(
+        signers=JAMI_SIGNERS, chain_id=JAMI_CHAIN_ID, timestamp=JAMI_TIMESTAMP
+    )
+
+
+def signers_of(genesis: dict[str, Any]) -> list[str]:
+    """The signer addresses (0x + lowercase hex) a genesis's extraData lists."""
+    extra = bytes.fromhex(str(genesis["extraData"]).removeprefix("0x"))
+    body = extra[EXTRA_VANITY_BYTES : len(extra) - EXTRA_SEAL_BYTES]
+    if len(extra) < EXTRA_VANITY_BYTES + EXTRA_SEAL_BYTES or len(body) % 20:
+        raise GenesisError("extraData is not 32 bytes + 20 bytes per signer + 65 bytes")
+    return ["0x" + body[index : index + 20].hex() for index in range(0, len(body), 20)]
