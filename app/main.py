@@ -12,19 +12,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.ops import router as ops_router
 from app.api.routes import router
+from app.background import Background
 from app.chain.anvil import AnvilNode, find_anvil, fund
 from app.chain.client import ChainClient
+from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
 from app.errors import RETRY_AFTER_SECONDS, BadRequest, JaminsError, handle_jamins_error
+from app.leader import leader_lock
 from app.logs import RequestIdMiddleware
+from app.metrics import Metrics, MetricsMiddleware, ops_lifespan
 from app.services.registry import NameService
 from app.settings import Settings
 
@@ -33,6 +39,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_FUNDING_WEI = 10**24  # a million ether of a private chain: gas for ever
 META_REGISTRAR = "registrar_address"
 META_CHAIN_ID = "chain_id"
+META_REGISTRAR_BLOCK = "registrar_block"
 
 
 class StartupError(RuntimeError):
@@ -45,8 +52,8 @@ class Runtime:
 
     node: AnvilNode | None = None
     client: ChainClient | None = None
-    writer_task: asyncio.Task[None] | None = None
-    writer: TxWriter | None = None
+    background: Background | None = None
+    background_task: asyncio.Task[None] | None = None
     cleanups: list[Any] = field(default_factory=list)
 
 
@@ -100,6 +107,8 @@ async def resolve_registrar(
             client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
         )
         logger.info("deployed the registrar at %s in block %d", address, block)
+        async with session_scope(service_db) as session, session.begin():
+            await set_meta(session, META_REGISTRAR_BLOCK, str(block))
     registrar = Registrar(client, address)
     if not await registrar.is_deployed():
         raise StartupError(f"no contract at {address} on the chain at {client.url}")
@@ -107,6 +116,58 @@ async def resolve_registrar(
         await set_meta(session, META_REGISTRAR, address.lower())
         await set_meta(session, META_CHAIN_ID, str(settings.chain_id))
     return registrar
+
+
+def _writer_factory(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: ChainClient,
+    registrar: Registrar,
+    signer: Signer | None,
+) -> Callable[[], TxWriter] | None:
+    if signer is None:
+        return None
+
+    def make() -> TxWriter:
+        return TxWriter(
+            sessionmaker=sessionmaker,
+            client=client,
+            registrar=registrar,
+            signer=signer,
+            policy=GasPolicy(settings.chain_id, settings.gas_price_wei),
+            poll_seconds=settings.receipt_poll_seconds,
+            max_in_flight=settings.max_in_flight,
+            confirmations=settings.effective_confirmations(),
+        )
+
+    return make
+
+
+async def _indexer_factory(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: ChainClient,
+    registrar: Registrar,
+    service: NameService,
+) -> Callable[[], Indexer]:
+    start_block = settings.index_from_block
+    if start_block is None:
+        async with session_scope(sessionmaker) as session:
+            deployed_at = await get_meta(session, META_REGISTRAR_BLOCK)
+        start_block = int(deployed_at) if deployed_at is not None else 0
+
+    def make() -> Indexer:
+        return Indexer(
+            sessionmaker=sessionmaker,
+            client=client,
+            registrar=registrar,
+            start_block=start_block,
+            reorg_window=settings.reorg_window,
+            poll_seconds=settings.index_poll_seconds,
+            on_changed=service.forget_missing,
+        )
+
+    return make
 
 
 @contextlib.asynccontextmanager
@@ -140,22 +201,19 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             negative_cache_seconds=settings.negative_cache_seconds,
             registrations_enabled=signer is not None,
         )
-        if signer is not None:
-            writer = TxWriter(
-                sessionmaker=sessionmaker,
-                client=client,
-                registrar=registrar,
-                signer=signer,
-                policy=GasPolicy(settings.chain_id, settings.gas_price_wei),
-                poll_seconds=settings.receipt_poll_seconds,
-                max_in_flight=settings.max_in_flight,
-            )
-            service.on_accepted.append(writer.wake)
-            runtime.writer = writer
-            runtime.writer_task = asyncio.create_task(writer.run(), name="tx-writer")
-        else:
+        background = Background(
+            lock=leader_lock(engine, settings.sqlite_path()),
+            make_writer=_writer_factory(settings, sessionmaker, client, registrar, signer),
+            make_indexer=await _indexer_factory(settings, sessionmaker, client, registrar, service),
+            poll_seconds=settings.leader_poll_seconds,
+        )
+        service.on_accepted.append(background.wake)
+        runtime.background = background
+        runtime.background_task = asyncio.create_task(background.run(), name="leader")
+        if signer is None:
             logger.warning("no signer key: lookups only, registrations answer 503")
         app.state.service = service
+        app.state.signer_address = signer.address if signer is not None else None
         app.state.runtime = runtime
         logger.info(
             "serving registrar %s on chain %d (%s)",
@@ -165,10 +223,10 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         )
         yield
     finally:
-        if runtime.writer_task is not None:
-            runtime.writer_task.cancel()
+        if runtime.background_task is not None:
+            runtime.background_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await runtime.writer_task
+                await runtime.background_task
         if runtime.client is not None:
             await runtime.client.close()
         await engine.dispose()
@@ -269,7 +327,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan_of(app, settings):
+        async with lifespan_of(app, settings), ops_lifespan(app, settings):
             yield
 
     app = FastAPI(
@@ -282,10 +340,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(router)
+    app.include_router(ops_router)
+    app.state.metrics = Metrics(app)
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
     if settings.path_prefix:
         app.add_middleware(PathPrefixMiddleware, prefix=settings.path_prefix)

@@ -34,7 +34,8 @@ class NameRecord(Base):
     signature: Mapped[str | None] = mapped_column(Text)
     # True while this server's registration has not been confirmed on chain.
     pending: Mapped[bool] = mapped_column(default=False)
-    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    # The block of the latest event (or confirmed registration) that wrote this record.
+    block_number: Mapped[int | None] = mapped_column(BigInteger, index=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -67,6 +68,15 @@ class Registration(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class IndexedBlock(Base):
+    """Hashes of the recently indexed blocks, to notice a reorg and find where it forked."""
+
+    __tablename__ = "indexed_blocks"
+
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(66))
 
 
 class Meta(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,29 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=16, ge=1, description="Registration transactions sent but not yet mined."
     )
+    confirmations: int | None = Field(
+        default=None,
+        ge=0,
+        description="Blocks on top of a registration's block before it is reported "
+        "confirmed; unset: 2, or 0 on the embedded node (it mines only on demand).",
+    )
+    index_from_block: int | None = Field(
+        default=None,
+        ge=0,
+        description="First block the indexer reads; unset: the registrar's deployment "
+        "block when this server deployed it, else 0.",
+    )
+    reorg_window: int = Field(
+        default=256, ge=1, description="Recent blocks whose hashes are kept to detect reorgs."
+    )
+    index_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the indexer looks for new blocks."
+    )
+    leader_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a server that is not the leader tries to take over.",
+    )
     path_prefix: str = Field(
         default="",
         description="Serve the API under this lowercase prefix too (e.g. /jami).",
@@ -93,6 +117,28 @@ class Settings(BaseSettings):
         "dumped on a clean stop).",
     )
     log_level: str = Field(default="info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or as JSON objects (one per line)."
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="Serve HTTPS with this PEM certificate (chain) file."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="The private key of ssl_certfile (PEM)."
+    )
+    ready_max_lag_blocks: int = Field(
+        default=20,
+        ge=0,
+        description="/readyz fails when the indexer is more blocks than this behind the head.",
+    )
+    balance_check_seconds: float = Field(
+        default=60.0, gt=0, description="How often the signer's balance is checked."
+    )
+    low_balance_registrations: int = Field(
+        default=100,
+        ge=1,
+        description="Warn when the signer's balance covers fewer registrations than this.",
+    )
 
     @field_validator("path_prefix")
     @classmethod
@@ -101,6 +147,18 @@ class Settings(BaseSettings):
         if value and (not value.startswith("/") or value != value.lower()):
             raise ValueError("path_prefix must start with / and be lowercase")
         return value
+
+    def effective_confirmations(self) -> int:
+        if self.confirmations is not None:
+            return self.confirmations
+        return 0 if self.embedded and self.embedded_block_time is None else 2
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, when the database is one."""
+        url = self.sqlalchemy_url()
+        if not url.startswith("sqlite") or ":///" not in url:
+            return None
+        return Path(url.split(":///", 1)[1])
 
     @property
     def embedded(self) -> bool:

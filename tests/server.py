@@ -44,6 +44,9 @@ class ServerProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("JAMINS_")}
         env.update(self.env)
         env.setdefault("JAMINS_LOG_LEVEL", "info")
+        # The tests' nodes mine a block per transaction and no other: waiting for blocks
+        # on top of a registration would wait for ever. Tests of depth set it themselves.
+        env.setdefault("JAMINS_CONFIRMATIONS", "0")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reaped)
         self.process = subprocess.Popen(
             [

@@ -18,7 +18,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.middleware import ExtraDataToPOAMiddleware
-from web3.types import BlockIdentifier
+from web3.types import BlockIdentifier, RPCEndpoint
 
 from app.errors import ChainUnavailable
 
@@ -74,6 +74,30 @@ class ChainClient:
         except Web3RPCError as exc:
             raise ChainRejected(_rpc_message(exc)) from exc
 
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        """A raw JSON-RPC call (no web3 formatting): the `result`, or ChainRejected."""
+        response = await self.call(self.w3.provider.make_request(RPCEndpoint(method), params))
+        if "error" in response:
+            raise ChainRejected(_error_text(response["error"]))
+        return response.get("result")
+
+    async def rpc_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Raw JSON-RPC calls in one HTTP request; results in order, or ChainRejected."""
+        if not calls:
+            return []
+        batch = [(RPCEndpoint(method), params) for method, params in calls]
+        responses = await self.call(self.w3.provider.make_batch_request(batch))
+        if not isinstance(responses, list):  # the node refused the batch as a whole
+            raise ChainRejected(_error_text(responses.get("error")))
+        results = []
+        for response in responses:
+            if "error" in response:
+                raise ChainRejected(_error_text(response["error"]))
+            results.append(response.get("result"))
+        if len(results) != len(calls):
+            raise ChainUnavailable("the node answered a batch partly")
+        return results
+
     async def chain_id(self) -> int:
         return await self.call(self.w3.eth.chain_id)
 
@@ -114,6 +138,12 @@ class ChainClient:
         provider = self.w3.provider
         if isinstance(provider, AsyncHTTPProvider):
             await provider.disconnect()
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(error)
 
 
 def _rpc_message(exc: Web3RPCError) -> str:

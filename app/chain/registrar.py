@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 import rlp
+from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.types import BlockIdentifier
@@ -105,6 +106,61 @@ class Registrar:
             signature=signature,
         )
 
+    def _selector(self, function: str) -> str:
+        return str(self.contract.get_function_by_name(function).selector)
+
+    async def records_at(self, names: list[str], block: int) -> list[ChainRecord | None]:
+        """Full records of many names at `block`, in one JSON-RPC batch (raw eth_call:
+        web3's per-call formatting costs more than the node's work here)."""
+        fields = ("addr", "owner", "publickey", "signature")
+        selectors = {field: self._selector(field) for field in fields}
+        block_hex = hex(block)
+        calls = [
+            (
+                "eth_call",
+                [
+                    {"to": self.address, "data": selectors[field] + to_bytes32(name).hex()},
+                    block_hex,
+                ],
+            )
+            for name in names
+            for field in fields
+        ]
+        results = await self.client.rpc_batch(calls)
+        records: list[ChainRecord | None] = []
+        for index, name in enumerate(names):
+            addr_word, owner_word, key_data, signature_data = results[4 * index : 4 * index + 4]
+            addr = _address_word(addr_word)
+            if addr == ZERO_ADDRESS:
+                records.append(None)
+                continue
+            records.append(
+                ChainRecord(
+                    name=name,
+                    addr=addr,
+                    owner=_address_word(owner_word),
+                    publickey=_string_result(key_data),
+                    signature=_string_result(signature_data),
+                )
+            )
+        return records
+
+    async def touched_names(self, from_block: int, to_block: int) -> dict[bytes, int]:
+        """Names (raw bytes32) that any registrar event touched in the range, each with the
+        last block that touched it. Both events carry the name as topic 1."""
+        logs = await self.client.rpc(
+            "eth_getLogs",
+            [{"address": self.address, "fromBlock": hex(from_block), "toBlock": hex(to_block)}],
+        )
+        touched: dict[bytes, int] = {}
+        for log in logs:
+            topics = log.get("topics") or []
+            if len(topics) < 2 or log.get("removed"):
+                continue
+            key = bytes.fromhex(topics[1][2:])
+            touched[key] = max(touched.get(key, 0), int(log["blockNumber"], 16))
+        return touched
+
     def reserve_for_data(
         self, *, name: str, owner: str, jami_id: str, publickey: str, signature: str
     ) -> str:
@@ -115,6 +171,19 @@ class Registrar:
                 args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
             )
         )
+
+
+def _address_word(result: str) -> str:
+    """A 32-byte ABI word holding an address → 40 lowercase hex."""
+    return result[-40:].lower() if result and len(result) >= 42 else ZERO_ADDRESS
+
+
+def _string_result(result: str) -> str:
+    """An ABI-encoded `string` return value."""
+    if not result or result == "0x":
+        return ""
+    (text,) = abi_decode(["string"], bytes.fromhex(result[2:]))
+    return str(text)
 
 
 def create_address(deployer: str, nonce: int) -> str:

@@ -94,6 +94,7 @@ class TxWriter:
         policy: GasPolicy,
         poll_seconds: float,
         max_in_flight: int,
+        confirmations: int = 0,
         on_settled: Callable[[str], None] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
@@ -103,6 +104,7 @@ class TxWriter:
         self.policy = policy
         self.poll_seconds = poll_seconds
         self.max_in_flight = max_in_flight
+        self.confirmations = confirmations
         self.on_settled = on_settled
         self.next_nonce: int | None = None
         self.send_attempts: dict[int, int] = {}
@@ -206,8 +208,14 @@ class TxWriter:
     async def _settle_in_flight(self) -> int:
         """Decide every mined registration; returns how many are still in flight."""
         still = 0
-        for registration in await self._in_flight():
+        in_flight = await self._in_flight()
+        head = await self.client.block_number() if in_flight and self.confirmations else 0
+        for registration in in_flight:
             receipt = await self._receipt(registration)
+            deep_enough = head >= receipt["blockNumber"] + self.confirmations if receipt else False
+            if receipt is not None and self.confirmations and not deep_enough:
+                still += 1  # mined, not yet deep enough to call confirmed
+                continue
             if receipt is None:
                 if registration.tx_hash and not await self.client.transaction_known(
                     registration.tx_hash

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import sqlalchemy.exc
@@ -38,6 +38,7 @@ from app.errors import (
     ProofRejected,
     RegistrationNotFound,
     RegistrationsDisabled,
+    ServiceUnavailable,
 )
 from app.models import PENDING, NameRecord, Registration
 
@@ -150,6 +151,11 @@ class NameService:
         self.missing_addrs = NegativeCache(negative_cache_seconds)
         # Called after each accepted registration (the writer's wake-up).
         self.on_accepted: list[Callable[[], None]] = []
+        # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
+        # more registration: registrations then answer 503 with this reason.
+        self.registrations_paused: str | None = None
+        # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
+        self.cache_counts: Counter[tuple[str, str]] = Counter()
 
     def describe(self) -> dict[str, object]:
         """What /healthz shows: liveness and the registrar this server serves."""
@@ -158,6 +164,11 @@ class NameService:
             "registrar": self.registrar.address.lower() if self.registrar else None,
             "registrations": "enabled" if self.registrations_enabled else "disabled",
         }
+
+    def forget_missing(self, folded_names: Iterable[str]) -> None:
+        """The indexer saw these names change on chain: stop calling them free."""
+        for folded in folded_names:
+            self.missing_names.discard(folded)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -173,9 +184,12 @@ class NameService:
                 select(NameRecord).where(NameRecord.folded_name == folded)
             )
         if record is not None:
+            self.cache_counts["name", "hit"] += 1
             return _view(record)
         if folded in self.missing_names:
+            self.cache_counts["name", "negative_hit"] += 1
             raise NameNotRegistered()
+        self.cache_counts["name", "miss"] += 1
         found = await self._find_on_chain(name, folded)
         if found is None:
             self.missing_names.add(folded)
@@ -193,9 +207,12 @@ class NameService:
                 select(NameRecord.name).where(NameRecord.addr == jami_id).limit(1)
             )
         if found_name is not None:
+            self.cache_counts["addr", "hit"] += 1
             return found_name
         if jami_id in self.missing_addrs:
+            self.cache_counts["addr", "negative_hit"] += 1
             raise AddressNotRegistered()
+        self.cache_counts["addr", "miss"] += 1
         registrar = self._registrar()
         chain_name = await registrar.name_of(jami_id)
         record = await registrar.record(chain_name) if chain_name is not None else None
@@ -258,6 +275,8 @@ class NameService:
             raise ProofRejected(str(exc)) from exc
         if not self.registrations_enabled:
             raise RegistrationsDisabled()
+        if self.registrations_paused is not None:
+            raise ServiceUnavailable(self.registrations_paused)
 
         if await self._check_sql(folded, jami_id, name):
             return  # the same binding already exists: idempotent
