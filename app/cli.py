@@ -43,11 +43,16 @@ def serve(
     from app.main import create_app
 
     settings = load_settings(data_dir=data_dir)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+        typer.echo("set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE, or neither", err=True)
+        raise typer.Exit(2)
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
         log_config=None,
         log_level=settings.log_level,
         # Jami clients send no Accept-Encoding and read bodies as they come.
@@ -62,7 +67,7 @@ def migrate(data_dir: DataDirOption = None) -> None:
     from app.db import migrate as run_migrations
 
     settings = load_settings(data_dir=data_dir)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run_migrations(settings)
     typer.echo("database is at the newest schema")
 
@@ -71,7 +76,7 @@ def migrate(data_dir: DataDirOption = None) -> None:
 def deploy(data_dir: DataDirOption = None) -> None:
     """Deploy the registrar on JAMINS_RPC_URL with the signer key, and remember it."""
     settings = load_settings(data_dir=data_dir)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.embedded:
         typer.echo(
             "the embedded default deploys its registrar itself: set JAMINS_RPC_URL", err=True
