@@ -127,6 +127,10 @@ def _writer_factory(
 ) -> Callable[[], TxWriter] | None:
     if signer is None:
         return None
+    automining = settings.embedded and settings.embedded_block_time is None
+
+    async def mine_block() -> None:
+        await client.rpc("evm_mine", [])
 
     def make() -> TxWriter:
         return TxWriter(
@@ -138,6 +142,7 @@ def _writer_factory(
             poll_seconds=settings.receipt_poll_seconds,
             max_in_flight=settings.max_in_flight,
             confirmations=settings.effective_confirmations(),
+            mine_stalled=mine_block if automining else None,
         )
 
     return make

@@ -286,15 +286,10 @@ async def apply_records(
         for row in await session.scalars(select(NameRecord).where(NameRecord.name.in_(wanted)))
     }
     folds = {names.fold(name) for name in wanted}
-    fold_owner = dict(
-        (
-            await session.execute(
-                select(NameRecord.folded_name, NameRecord.name).where(
-                    NameRecord.folded_name.in_(folds)
-                )
-            )
-        ).tuples()
+    fold_rows = await session.execute(
+        select(NameRecord.folded_name, NameRecord.name).where(NameRecord.folded_name.in_(folds))
     )
+    fold_owner = {folded: name for folded, name in fold_rows}
     for name, record, block in records:
         row = existing.get(name)
         if row is not None and row.pending:

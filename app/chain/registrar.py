@@ -29,6 +29,18 @@ def artifact() -> dict[str, Any]:
     return loaded
 
 
+@cache
+def _selectors() -> dict[str, str]:
+    """0x-hex 4-byte selectors of the registrar's functions, by name."""
+    selectors = {}
+    for entry in artifact()["abi"]:
+        if entry.get("type") == "function":
+            types = ",".join(argument["type"] for argument in entry["inputs"])
+            digest = keccak(text=f"{entry['name']}({types})")
+            selectors[entry["name"]] = "0x" + digest[:4].hex()
+    return selectors
+
+
 def _hex40(address: str) -> str:
     """An address from web3 (EIP-55 mixed case) as 40 lowercase hex, no 0x."""
     return address.lower().removeprefix("0x")
@@ -107,7 +119,7 @@ class Registrar:
         )
 
     def _selector(self, function: str) -> str:
-        return str(self.contract.get_function_by_name(function).selector)
+        return _selectors()[function]
 
     async def records_at(self, names: list[str], block: int) -> list[ChainRecord | None]:
         """Full records of many names at `block`, in one JSON-RPC batch (raw eth_call:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from eth_typing import HexStr
@@ -96,6 +96,7 @@ class TxWriter:
         max_in_flight: int,
         confirmations: int = 0,
         on_settled: Callable[[str], None] | None = None,
+        mine_stalled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.client = client
@@ -105,6 +106,9 @@ class TxWriter:
         self.poll_seconds = poll_seconds
         self.max_in_flight = max_in_flight
         self.confirmations = confirmations
+        # On an automining node, a burst of transactions can leave some in the pool until
+        # the next one arrives: the embedded default passes a function that mines a block.
+        self.mine_stalled = mine_stalled
         self.on_settled = on_settled
         self.next_nonce: int | None = None
         self.send_attempts: dict[int, int] = {}
@@ -234,6 +238,8 @@ class TxWriter:
             await self._decide(
                 registration, receipt["blockNumber"], reverted=receipt["status"] != 1
             )
+        if still and self.mine_stalled is not None:
+            await self.mine_stalled()
         return still
 
     async def _decide(self, registration: Registration, block: int, *, reverted: bool) -> None:
