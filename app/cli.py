@@ -219,5 +219,44 @@ def genesis(
         typer.echo(f"wrote {out}", err=True)
 
 
+@cli.command("index")
+def index_names(data_dir: DataDirOption = None) -> None:
+    """Index the registrar's events into SQL up to the chain's head, then exit."""
+    from app.cli_data import run_index
+
+    settings = load_settings(data_dir=data_dir)
+    configure_logging("warning", settings.log_format)
+    run_index(settings)
+
+
+@cli.command("export")
+def export_names(
+    file: Annotated[Path | None, typer.Argument(help="Output file; stdout by default.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Write every record as names.json (the format of the original read_names.js)."""
+    from app.cli_data import run_export
+
+    settings = load_settings(data_dir=data_dir)
+    configure_logging("warning", settings.log_format)
+    run_export(settings, file)
+
+
+@cli.command("import")
+def import_names(
+    file: Annotated[Path, typer.Argument(help="A names.json file.")],
+    cache_only: Annotated[
+        bool, typer.Option("--cache-only", help="Load the SQL cache only; write nothing on chain.")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Register the records of a names.json on the chain (resumable), or preload the cache."""
+    from app.cli_data import run_import
+
+    settings = load_settings(data_dir=data_dir)
+    configure_logging("warning", settings.log_format)
+    run_import(settings, file, cache_only)
+
+
 def main() -> None:
     cli()

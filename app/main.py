@@ -74,6 +74,13 @@ def start_embedded_node(settings: Settings) -> AnvilNode:
     return node
 
 
+async def fund_embedded_signer(client: ChainClient, signer: Signer) -> None:
+    """The embedded chain is private: its signer is simply given what it needs."""
+    balance = await client.call(client.w3.eth.get_balance(signer.address))
+    if balance < EMBEDDED_FUNDING_WEI // 2:
+        await asyncio.to_thread(fund, client.url, signer.address, EMBEDDED_FUNDING_WEI)
+
+
 async def resolve_registrar(
     settings: Settings, client: ChainClient, signer: Signer | None, service_db: Any
 ) -> Registrar:
@@ -118,7 +125,7 @@ async def resolve_registrar(
     return registrar
 
 
-def _writer_factory(
+def writer_factory(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     client: ChainClient,
@@ -196,9 +203,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         runtime.client = client
         await client.check_chain_id(settings.chain_id)
         if runtime.node is not None and signer is not None:
-            balance = await client.call(client.w3.eth.get_balance(signer.address))
-            if balance < EMBEDDED_FUNDING_WEI // 2:
-                await asyncio.to_thread(fund, rpc_url, signer.address, EMBEDDED_FUNDING_WEI)
+            await fund_embedded_signer(client, signer)
         registrar = await resolve_registrar(settings, client, signer, sessionmaker)
         service = NameService(
             sessionmaker=sessionmaker,
@@ -208,7 +213,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         )
         background = Background(
             lock=leader_lock(engine, settings.sqlite_path()),
-            make_writer=_writer_factory(settings, sessionmaker, client, registrar, signer),
+            make_writer=writer_factory(settings, sessionmaker, client, registrar, signer),
             make_indexer=await _indexer_factory(settings, sessionmaker, client, registrar, service),
             poll_seconds=settings.leader_poll_seconds,
         )

@@ -31,7 +31,11 @@ DISOWN = _selector("disown(bytes32)")
 SET_ADDRESS = _selector("setAddress(bytes32,address,bool)")
 
 
-def rpc_batch(url: str, calls: list[tuple[str, list[Any]]], timeout: float = 120) -> list[Any]:
+def rpc_batch(
+    url: str, calls: list[tuple[str, list[Any]]], timeout: float = 120, check: bool = True
+) -> list[Any]:
+    if not calls:
+        return []
     payload = [
         {"jsonrpc": "2.0", "id": index, "method": method, "params": params}
         for index, (method, params) in enumerate(calls)
@@ -43,7 +47,7 @@ def rpc_batch(url: str, calls: list[tuple[str, list[Any]]], timeout: float = 120
     with opener.open(request, timeout=timeout) as response:
         answers = sorted(json.loads(response.read()), key=lambda answer: answer["id"])
     for answer in answers:
-        if "error" in answer:
+        if check and "error" in answer:
             raise RuntimeError(f"node refused: {answer['error']}")
     return [answer.get("result") for answer in answers]
 
@@ -135,8 +139,9 @@ class DirectWriter:
             raws.append("0x" + signed.raw_transaction.hex())
             hashes.append("0x" + signed.hash.hex())
             self.nonce += 1
+        first_nonce = self.nonce - len(raws)
         rpc_batch(self.url, [("eth_sendRawTransaction", [raw]) for raw in raws])
-        self._wait_mined(hashes[-1])
+        self._wait_mined(hashes[-1], raws, first_nonce)
         receipts = rpc_batch(self.url, [("eth_getTransactionReceipt", [h]) for h in hashes])
         failed = [
             h for h, receipt in zip(hashes, receipts, strict=True) if receipt["status"] != "0x1"
@@ -144,11 +149,23 @@ class DirectWriter:
         if failed:
             raise RuntimeError(f"{len(failed)} transactions reverted, e.g. {failed[0]}")
 
-    def _wait_mined(self, tx_hash: str, timeout: float = 120) -> None:
+    def _wait_mined(
+        self, tx_hash: str, raws: list[str], first_nonce: int, timeout: float = 60
+    ) -> None:
         deadline = time.monotonic() + timeout
         while rpc(self.url, "eth_getTransactionReceipt", [tx_hash]) is None:
+            mined = int(rpc(self.url, "eth_getTransactionCount", [self.address, "latest"]), 16)
+            pool = rpc(self.url, "txpool_status", [])
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{tx_hash} not mined")
+                raise TimeoutError(f"{tx_hash} not mined: pool {pool}, mined nonce {mined}")
+            if int(pool["pending"], 16) + int(pool["queued"], 16) == 0:
+                # Under load anvil has been seen to drop part of a burst from its pool:
+                # send again what is not mined (the same bytes, so nothing twice).
+                rpc_batch(
+                    self.url,
+                    [("eth_sendRawTransaction", [raw]) for raw in raws[mined - first_nonce :]],
+                    check=False,  # some may be mined meanwhile: "nonce too low"
+                )
             # anvil's automine makes one block per arriving transaction, each as full as
             # the gas limit allows: what a burst leaves in the pool waits for a block.
             rpc(self.url, "evm_mine", [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -274,7 +274,7 @@ class Indexer:
 
 
 async def apply_records(
-    session: AsyncSession, records: list[tuple[str, ChainRecord | None, int]]
+    session: AsyncSession, records: Sequence[tuple[str, ChainRecord | None, int]]
 ) -> None:
     """Write chain records into the names table (records of pending registrations are the
     writer's to settle; a name folded like another name already stored is skipped)."""

@@ -1,0 +1,167 @@
+"""`jamins index`, `jamins export`, `jamins import`: the registry's data, with progress bars."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from contextlib import nullcontext, suppress
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from app.chain.indexer import Indexer, IndexerProgress
+from app.context import ChainContext, open_chain
+from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope
+from app.errors import ServiceUnavailable
+from app.main import META_REGISTRAR_BLOCK, StartupError, writer_factory
+from app.services import portability
+from app.settings import Settings
+
+stderr = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    )
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    stderr.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def run_index(settings: Settings) -> None:
+    try:
+        reached, loaded = asyncio.run(_index(settings))
+    except (StartupError, ServiceUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    stderr.print(f"indexed to block {reached}: {loaded} records loaded")
+
+
+def run_export(settings: Settings, file: Path | None) -> None:
+    count = asyncio.run(_export(settings, file))
+    stderr.print(f"exported {count} records" + (f" to {file}" if file else ""))
+
+
+def run_import(settings: Settings, file: Path, cache_only: bool) -> None:
+    try:
+        entries = portability.read_names_file(file)
+    except portability.NamesFileError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        report, failed = asyncio.run(_import(settings, entries, cache_only))
+    except (StartupError, ServiceUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    stderr.print(
+        f"{report.queued} registered, {report.loaded} loaded into the cache, "
+        f"{report.already} already there, {len(report.conflicts)} conflicts, "
+        f"{len(failed)} failed"
+    )
+    for line in report.conflicts + failed:
+        stderr.print(f"  {line}")
+    if report.conflicts or failed:
+        raise typer.Exit(1)
+
+
+async def _index(settings: Settings) -> tuple[int, int]:
+    async with open_chain(settings) as context:
+        if not context.is_leader:
+            raise StartupError("another jamins server is the leader and indexes this database")
+        start = settings.index_from_block
+        if start is None:
+            async with session_scope(context.sessionmaker) as session:
+                deployed_at = await get_meta(session, META_REGISTRAR_BLOCK)
+            start = int(deployed_at) if deployed_at is not None else 0
+        with _progress() as progress:
+            task = progress.add_task("indexing blocks", total=None)
+
+            def show(state: IndexerProgress) -> None:
+                progress.update(
+                    task,
+                    completed=state.indexed_block - start + 1,
+                    total=state.head_block - start + 1,
+                    description=f"indexing blocks ({state.names_loaded} records)",
+                )
+
+            indexer = Indexer(
+                sessionmaker=context.sessionmaker,
+                client=context.client,
+                registrar=context.registrar,
+                start_block=start,
+                reorg_window=settings.reorg_window,
+                on_progress=show,
+            )
+            reached = await indexer.catch_up()
+        return reached, indexer.names_loaded
+
+
+async def _export(settings: Settings, file: Path | None) -> int:
+    migrate(settings)
+    engine = make_async_engine(settings)
+    sessionmaker = make_sessionmaker(engine)
+    try:
+        total = await portability.count_exportable(sessionmaker)
+        handle = open(file, "w", encoding="utf-8") if file else nullcontext(sys.stdout)  # noqa: SIM115
+        with _progress() as progress, handle as out:
+            task = progress.add_task("exporting", total=total)
+            return await portability.export_names(
+                sessionmaker, out, on_record=lambda: progress.advance(task)
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _import(
+    settings: Settings, entries: list[portability.NameEntry], cache_only: bool
+) -> tuple[portability.ImportReport, list[str]]:
+    if cache_only:
+        migrate(settings)
+        engine = make_async_engine(settings)
+        try:
+            return await portability.load_into_cache(make_sessionmaker(engine), entries), []
+        finally:
+            await engine.dispose()
+    async with open_chain(settings) as context:
+        report = await portability.queue_registrations(
+            context.sessionmaker, context.registrar, entries
+        )
+        failed = await _drain(context, report.queued_names)
+    return report, failed
+
+
+async def _drain(context: ChainContext, queued: list[str]) -> list[str]:
+    """Wait until every queued registration is settled: by our own writer when we hold
+    the leader lock, else by the running server's. Returns the failures."""
+    writer_task = None
+    make_writer = writer_factory(
+        context.settings, context.sessionmaker, context.client, context.registrar, context.signer
+    )
+    if context.is_leader and make_writer is not None and queued:
+        writer_task = asyncio.create_task(make_writer().run())
+    states: dict[str, tuple[str, str | None]] = {}
+    try:
+        with _progress() as progress:
+            task = progress.add_task("registering", total=len(queued))
+            while True:
+                states = await portability.settled_states(context.sessionmaker, queued)
+                settled = [name for name, (state, _) in states.items() if state != "pending"]
+                progress.update(task, completed=len(settled))
+                if len(settled) == len(queued):
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        if writer_task is not None:
+            writer_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await writer_task
+    return [
+        f"{name}: {reason}" for name, (state, reason) in sorted(states.items()) if state == "failed"
+    ]
