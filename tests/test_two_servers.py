@@ -1,0 +1,87 @@
+"""Two `jamins serve` processes on one PostgreSQL database and one chain node: both serve
+and accept registrations, exactly one writes transactions, and the other takes over when
+the writer dies. Every accepted registration ends confirmed exactly once."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+
+from app.chain.anvil import AnvilNode, rpc
+from tests.conftest import funded_key, unique_name
+from tests.jami_keys import account_pool
+from tests.pg import PostgresServer
+from tests.server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ticking_node(anvil_binary: str) -> Iterator[AnvilNode]:
+    """A node that mines a block every second, like a (faster) Clique chain."""
+    with AnvilNode(binary=anvil_binary, block_time=1) as node:
+        yield node
+
+
+def register_all(server: ServerProcess, work: list[tuple[str, dict[str, str]]]) -> list[int]:
+    def post(item: tuple[str, dict[str, str]]) -> int:
+        name, body = item
+        return httpx.post(f"{server.url}/name/{name}", json=body, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(post, work))
+
+
+def test_two_servers_share_one_writer_and_take_over(
+    ticking_node: AnvilNode, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    key = funded_key(ticking_node)
+    env = {
+        "JAMINS_RPC_URL": ticking_node.url,
+        "JAMINS_SIGNER_KEY": key,
+        "JAMINS_DATABASE_URL": postgres.create_database(f"two_{secrets.token_hex(4)}"),
+        "JAMINS_LEADER_POLL_SECONDS": "0.5",
+        "JAMINS_RECEIPT_POLL_SECONDS": "0.3",
+    }
+    first = ServerProcess(data_dir=tmp_path / "a", env={**env, "JAMINS_DEPLOY": "true"})
+    first.start()
+    second = ServerProcess(data_dir=tmp_path / "b", env=env)
+    second.start()
+    try:
+        assert first.registrar_address() == second.registrar_address()
+        accounts = account_pool(18)
+        names = [unique_name("two") for _ in accounts]
+        work = [
+            (name, account.registration_body(name))
+            for name, account in zip(names, accounts, strict=True)
+        ]
+        # Both accept; the first (the leader, it started first) sends everything.
+        with ThreadPoolExecutor(max_workers=2) as both:
+            through_first = both.submit(register_all, first, work[:6])
+            through_second = both.submit(register_all, second, work[6:12])
+            assert through_first.result() + through_second.result() == [200] * 12
+        # Each server sees the other's registrations at once (one database).
+        assert httpx.get(f"{first.url}/name/{names[8]}").status_code == 200
+        assert httpx.get(f"{second.url}/name/{names[2]}").status_code == 200
+
+        first.kill()  # the writer dies, some transactions surely in flight
+
+        assert register_all(second, work[12:]) == [200] * 6
+        states = [second.wait_settled(name, timeout=60)["state"] for name in names]
+        assert states == ["confirmed"] * len(names)
+        for name, account in zip(names, accounts, strict=True):
+            found = httpx.get(f"{second.url}/name/{name}").json()
+            assert found["addr"] == "0x" + account.jami_id
+    finally:
+        first.stop()
+        second.stop()
+    # One deployment and one transaction per name: no nonce collision, nothing twice.
+    sender = Account.from_key(key).address
+    sent = int(rpc(ticking_node.url, "eth_getTransactionCount", [sender, "latest"]), 16)
+    assert sent == 1 + len(names)
