@@ -55,6 +55,7 @@ def serve(
         ssl_keyfile=settings.ssl_keyfile,
         log_config=None,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         # Jami clients send no Accept-Encoding and read bodies as they come.
         server_header=False,
         timeout_graceful_shutdown=10,

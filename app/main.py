@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.admission import Admission
+from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.background import Background
@@ -131,6 +133,7 @@ def writer_factory(
     client: ChainClient,
     registrar: Registrar,
     signer: Signer | None,
+    on_settled: Callable[[str], None] | None = None,
 ) -> Callable[[], TxWriter] | None:
     if signer is None:
         return None
@@ -150,6 +153,7 @@ def writer_factory(
             max_in_flight=settings.max_in_flight,
             confirmations=settings.effective_confirmations(),
             mine_stalled=mine_block if automining else None,
+            on_settled=on_settled,
         )
 
     return make
@@ -176,7 +180,7 @@ async def _indexer_factory(
             start_block=start_block,
             reorg_window=settings.reorg_window,
             poll_seconds=settings.index_poll_seconds,
-            on_changed=service.forget_missing,
+            on_changed=service.records_changed,
         )
 
     return make
@@ -210,10 +214,23 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             registrar=registrar,
             negative_cache_seconds=settings.negative_cache_seconds,
             registrations_enabled=signer is not None,
+            admission=Admission(
+                rate_per_minute=settings.register_rate_per_minute,
+                burst=settings.register_burst,
+                max_pending=settings.max_pending,
+            ),
+            lookup_cache_seconds=settings.lookup_cache_seconds,
         )
         background = Background(
             lock=leader_lock(engine, settings.sqlite_path()),
-            make_writer=writer_factory(settings, sessionmaker, client, registrar, signer),
+            make_writer=writer_factory(
+                settings,
+                sessionmaker,
+                client,
+                registrar,
+                signer,
+                on_settled=lambda folded: service.records_changed([folded]),
+            ),
             make_indexer=await _indexer_factory(settings, sessionmaker, client, registrar, service),
             poll_seconds=settings.leader_poll_seconds,
         )
@@ -355,6 +372,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_middleware(HotPathMiddleware, service=lambda: getattr(app.state, "service", None))
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)

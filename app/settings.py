@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         description="How long a name the chain does not hold is remembered as free "
         "(one Clique block).",
     )
+    lookup_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a found record's answer is kept in memory (0: never). Writes "
+        "this server makes or sees drop it at once; the bound matters with several servers.",
+    )
+    access_log: bool = Field(default=True, description="Log every request (uvicorn's log).")
     receipt_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the writer polls for receipts."
     )
@@ -125,6 +132,21 @@ class Settings(BaseSettings):
     )
     ssl_keyfile: Path | None = Field(
         default=None, description="The private key of ssl_certfile (PEM)."
+    )
+    register_rate_per_minute: float = Field(
+        default=10.0,
+        ge=0,
+        description="Registrations one client address may make per minute (503 beyond); "
+        "0: no limit.",
+    )
+    register_burst: int = Field(
+        default=5, ge=1, description="Registrations one client may make at once."
+    )
+    max_pending: int = Field(
+        default=200,
+        ge=0,
+        description="Registrations waiting for the chain beyond which new ones answer 503; "
+        "0: no bound.",
     )
     ready_max_lag_blocks: int = Field(
         default=20,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from typing import Any
 
 import httpx
@@ -15,6 +16,8 @@ from web3 import Web3
 from app.chain.anvil import AnvilNode, rpc
 from app.chain.registrar import artifact
 from app.names import to_bytes32
+from tests.chain_tools import DirectRecord
+from tests.chain_tools import DirectWriter as ChainWriter
 from tests.conftest import AccountSupply, funded_key, unique_name
 from tests.jami_keys import CAPTURED_BODY, CAPTURED_NAME
 from tests.server import ServerProcess
@@ -438,3 +441,30 @@ def test_restart_keeps_every_name(
         assert client.get(f"/name/{name}").json()["addr"] == "0x" + account.jami_id
         assert client.get(f"/addr/{account.jami_id}").json() == {"name": name}
         assert server.wait_settled(name)["state"] == "confirmed"
+
+
+def _eventually(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_direct_changes_reach_cached_lookups(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str
+) -> None:
+    """setAddress and disown done on the contract replace answers already cached."""
+    writer = ChainWriter(anvil.url, funded_key(anvil), contract_address)
+    name, first_id, second_id = unique_name("moved"), secrets.token_hex(20), secrets.token_hex(20)
+    writer.reserve_for([DirectRecord(name=name, jami_id=first_id)])
+    for _ in range(3):  # served, then from memory
+        assert http.get(f"/name/{name}").json()["addr"] == "0x" + first_id
+        assert http.get(f"/addr/{first_id}").json() == {"name": name}
+    writer.set_address(name, second_id)
+    assert _eventually(lambda: http.get(f"/name/{name}").json().get("addr") == "0x" + second_id)
+    assert _eventually(lambda: http.get(f"/addr/{first_id}").status_code == 404)
+    assert http.get(f"/addr/{second_id}").json() == {"name": name}
+    writer.disown(name)
+    assert _eventually(lambda: http.get(f"/name/{name}").status_code == 404)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
 from app import names
@@ -104,14 +105,16 @@ async def get_signature(request: Request, service: ServiceDep) -> SignatureAnswe
 )
 async def get_name(
     name: str, service: ServiceDep, raw_name: Annotated[str, Depends(lookup_name_param)]
-) -> NameAnswer:
+) -> Response:
     record = await service.lookup_name(raw_name)
-    return NameAnswer(
-        name=record.name,
-        addr="0x" + record.addr,
-        publickey=record.publickey,
-        signature=record.signature,
-    )
+    answer: dict[str, str] = {"name": record.name, "addr": "0x" + record.addr}
+    if record.publickey is not None:
+        answer["publickey"] = record.publickey
+    if record.signature is not None:
+        answer["signature"] = record.signature
+    body = _json_bytes(answer)
+    service.hot.names.put(record.folded_name, body)
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -137,7 +140,9 @@ async def post_name(
         registration = RegistrationRequest.model_validate_json(body)
     except ValidationError as exc:
         raise BadRequest(_first_problem(exc)) from exc
-    await service.register(raw_name, registration)
+    await service.register(
+        raw_name, registration, client=request.client.host if request.client else None
+    )
     return RegisterAnswer()
 
 
@@ -147,8 +152,11 @@ async def post_name(
     responses=errors(400, 404, 503),
     summary="Reverse lookup: the name of a Jami ID",
 )
-async def get_addr(addr: str, service: ServiceDep) -> AddrAnswer:
-    return AddrAnswer(name=await service.lookup_addr(addr))
+async def get_addr(addr: str, service: ServiceDep) -> Response:
+    found = await service.lookup_addr(addr)
+    body = _json_bytes({"name": found})
+    service.hot.addrs.put(names.normalize_jami_id(addr), body)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -170,6 +178,11 @@ async def get_registration(
         block=view.block,
         reason=view.reason,
     )
+
+
+def _json_bytes(answer: dict[str, str]) -> bytes:
+    """The body as Starlette's JSONResponse would write it."""
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _read_body(request: Request) -> bytes:

@@ -269,6 +269,8 @@ class Indexer:
             await set_meta(session, META_INDEXED, str(ancestor))
         if orphaned:
             logger.warning("%d registrations were in orphaned blocks: resubmitting", len(orphaned))
+        if self.on_changed:
+            self.on_changed([names.fold(name) for name in dirty])
         self.indexed_block = ancestor
         return ancestor
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
+from app.admission import Admission
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import session_scope
 from app.errors import (
@@ -41,6 +42,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.models import PENDING, NameRecord, Registration
+from app.services.hot_cache import HotCache
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class NameView:
     publickey: str | None
     signature: str | None
     pending: bool
+    folded_name: str
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def _view(record: NameRecord) -> NameView:
         publickey=record.publickey or None,
         signature=record.signature or None,
         pending=record.pending,
+        folded_name=record.folded_name,
     )
 
 
@@ -143,12 +147,17 @@ class NameService:
         registrar: Registrar | None,
         negative_cache_seconds: float,
         registrations_enabled: bool,
+        lookup_cache_seconds: float = 0,
+        admission: Admission | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.admission = admission
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
         self.missing_names = NegativeCache(negative_cache_seconds)
         self.missing_addrs = NegativeCache(negative_cache_seconds)
+        # Answer bodies of recent hits, served by app.api.hot_path without a database trip.
+        self.hot = HotCache(lookup_cache_seconds)
         # Called after each accepted registration (the writer's wake-up).
         self.on_accepted: list[Callable[[], None]] = []
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
@@ -165,10 +174,13 @@ class NameService:
             "registrations": "enabled" if self.registrations_enabled else "disabled",
         }
 
-    def forget_missing(self, folded_names: Iterable[str]) -> None:
-        """The indexer saw these names change on chain: stop calling them free."""
+    def records_changed(self, folded_names: Iterable[str]) -> None:
+        """These names changed (on chain, or settled by the writer): drop what any cache
+        says of them."""
+        folded_names = list(folded_names)
         for folded in folded_names:
             self.missing_names.discard(folded)
+        self.hot.forget_names(folded_names)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -247,8 +259,12 @@ class NameService:
 
     # -- registration -------------------------------------------------------------------
 
-    async def register(self, name: str, request: RegistrationRequest) -> None:
-        """Accept a registration durably (a pending row in SQL) or raise why not."""
+    async def register(
+        self, name: str, request: RegistrationRequest, *, client: str | None = None
+    ) -> None:
+        """Accept a registration durably (a pending row in SQL) or raise why not.
+
+        `client` is the caller's address, for the per-client rate limit."""
         try:
             folded = names.check_registration_name(name)
         except names.InvalidName as exc:
@@ -282,6 +298,11 @@ class NameService:
             return  # the same binding already exists: idempotent
         if await self._check_chain(name, folded, jami_id):
             return
+        if self.admission is not None:
+            # Only registrations that would join the queue count: a retry of an accepted
+            # one, or a 403/409, costs the chain nothing.
+            self.admission.check_queue(await self._pending_count())
+            self.admission.take(client or "unknown")
 
         registration = Registration(
             name=name,
@@ -316,8 +337,16 @@ class NameService:
         logger.info("accepted %r for %s", name, jami_id)
         self.missing_names.discard(folded)
         self.missing_addrs.discard(jami_id)
+        self.hot.forget_names([folded])
         for callback in self.on_accepted:
             callback()
+
+    async def _pending_count(self) -> int:
+        async with session_scope(self.sessionmaker) as session:
+            count = await session.scalar(
+                select(func.count()).select_from(Registration).where(Registration.state == PENDING)
+            )
+        return int(count or 0)
 
     async def _check_sql(self, folded: str, jami_id: str, name: str) -> bool:
         """True when SQL already binds this name to this ID; raises when it conflicts."""

@@ -1,0 +1,92 @@
+"""Answers the commonest requests without going through routing, validation or SQL.
+
+`GET /name/{name}` and `GET /addr/{addr}` whose answer is in the service's HotCache get
+its bytes straight away, and a name the chain was just found not to hold (the negative
+cache, which is what an availability check asks at every keystroke) gets its 404. Anything
+else, or anything this cannot decide, goes on to the application unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import names
+from app.services.registry import NameService
+
+NOT_FOUND_BODY = b'{"error":"name not registered"}'
+# What routing would have put in scope["route"]: the metrics label requests by its path.
+_ROUTES = {
+    "name": SimpleNamespace(path="/name/{name:path}"),
+    "addr": SimpleNamespace(path="/addr/{addr:path}"),
+}
+_JSON = (b"content-type", b"application/json")
+_MEMO_LIMIT = 100_000
+
+
+class HotPathMiddleware:
+    def __init__(self, app: ASGIApp, service: Callable[[], NameService | None]) -> None:
+        self.app = app
+        self.service = service
+        # Raw path segment -> fold (or None when invalid), so repeated lookups skip the
+        # name policy's per-character checks.
+        self._folds: dict[bytes, str | None] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            service = self.service()
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            if service is not None:
+                answer = self._answer(service, raw)
+                if answer is not None:
+                    kind, status, body = answer
+                    scope["route"] = _ROUTES[kind]
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": [_JSON, (b"content-length", str(len(body)).encode())],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+    def _answer(self, service: NameService, raw: bytes) -> tuple[str, int, bytes] | None:
+        if raw.startswith(b"/name/"):
+            folded = self._fold(raw[6:])
+            if folded is None:
+                return None
+            body = service.hot.names.get(folded)
+            if body is not None:
+                service.cache_counts["name", "hit"] += 1
+                return "name", 200, body
+            if folded in service.missing_names:
+                service.cache_counts["name", "negative_hit"] += 1
+                return "name", 404, NOT_FOUND_BODY
+            return None
+        if raw.startswith(b"/addr/"):
+            try:
+                jami_id = names.normalize_jami_id(names.decode_path_segment(raw[6:]))
+            except (names.InvalidName, names.InvalidAddress):
+                return None
+            body = service.hot.addrs.get(jami_id)
+            if body is not None:
+                service.cache_counts["addr", "hit"] += 1
+                return "addr", 200, body
+        return None
+
+    def _fold(self, segment: bytes) -> str | None:
+        if segment in self._folds:
+            return self._folds[segment]
+        folded: str | None
+        try:
+            folded = names.check_lookup_name(names.decode_path_segment(segment))
+        except names.InvalidName:
+            folded = None
+        if len(self._folds) >= _MEMO_LIMIT:
+            self._folds.clear()
+        self._folds[segment] = folded
+        return folded
