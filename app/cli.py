@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,17 +39,35 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     data_dir: DataDirOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes (env JAMINS_WORKERS; more than 1 needs JAMINS_RPC_URL).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the name server API (on the embedded chain node unless JAMINS_RPC_URL is set)."""
     from app.main import create_app
 
-    settings = load_settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         typer.echo("set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE, or neither", err=True)
         raise typer.Exit(2)
+    if settings.workers > 1 and settings.embedded:
+        typer.echo("the embedded chain node serves one worker: set JAMINS_RPC_URL", err=True)
+        raise typer.Exit(2)
+    if settings.workers > 1:
+        # Each worker process builds its own app from the environment.
+        os.environ["JAMINS_WORKERS"] = str(settings.workers)
+        if data_dir is not None:
+            os.environ["JAMINS_DATA_DIR"] = str(data_dir)
     uvicorn.run(
-        create_app(settings),
+        "app.main:create_app_from_env" if settings.workers > 1 else create_app(settings),
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=host,
         port=port,
         ssl_certfile=settings.ssl_certfile,

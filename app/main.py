@@ -31,7 +31,7 @@ from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
 from app.errors import RETRY_AFTER_SECONDS, BadRequest, JaminsError, handle_jamins_error
 from app.leader import leader_lock
-from app.logs import RequestIdMiddleware
+from app.logs import RequestIdMiddleware, configure_logging
 from app.metrics import Metrics, MetricsMiddleware, ops_lifespan
 from app.services.registry import NameService
 from app.settings import Settings
@@ -349,6 +349,13 @@ def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+def create_app_from_env() -> FastAPI:
+    """The app of one worker process of `jamins serve --workers N`."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application for these settings; state is built when its lifespan starts."""
 
@@ -372,7 +379,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_middleware(HotPathMiddleware, service=lambda: getattr(app.state, "service", None))
+    app.add_middleware(
+        HotPathMiddleware,
+        service=lambda: getattr(app.state, "service", None),
+        # Another process may accept a registration at any moment: then a "free" answer
+        # must look at SQL first, which the routes do.
+        serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
+    )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)

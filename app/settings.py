@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         description="How long a found record's answer is kept in memory (0: never). Writes "
         "this server makes or sees drop it at once; the bound matters with several servers.",
     )
+    workers: int = Field(
+        default=1, ge=1, description="Worker processes of `jamins serve` (needs JAMINS_RPC_URL)."
+    )
     access_log: bool = Field(default=True, description="Log every request (uvicorn's log).")
     receipt_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the writer polls for receipts."

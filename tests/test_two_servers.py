@@ -57,7 +57,7 @@ def test_two_servers_share_one_writer_and_take_over(
         assert first.registrar_address() == second.registrar_address()
         accounts = account_pool(18)
         names = [unique_name("two") for _ in accounts]
-        work = [
+        work: list[tuple[str, dict[str, str]]] = [
             (name, account.registration_body(name))
             for name, account in zip(names, accounts, strict=True)
         ]
@@ -66,9 +66,18 @@ def test_two_servers_share_one_writer_and_take_over(
             through_first = both.submit(register_all, first, work[:6])
             through_second = both.submit(register_all, second, work[6:12])
             assert through_first.result() + through_second.result() == [200] * 12
-        # Each server sees the other's registrations at once (one database).
+        # Each server sees the other's registrations at once (one database), even a name
+        # it has just answered "free" for.
         assert httpx.get(f"{first.url}/name/{names[8]}").status_code == 200
         assert httpx.get(f"{second.url}/name/{names[2]}").status_code == 200
+        late, late_account = unique_name("late"), account_pool(19)[-1]
+        assert httpx.get(f"{second.url}/name/{late}").status_code == 404
+        assert httpx.get(f"{second.url}/name/{late}").status_code == 404
+        body = late_account.registration_body(late)
+        assert httpx.post(f"{first.url}/name/{late}", json=body).status_code == 200
+        assert httpx.get(f"{second.url}/name/{late}").status_code == 200
+        names.append(late)
+        accounts.append(late_account)
 
         first.kill()  # the writer dies, some transactions surely in flight
 
@@ -85,3 +94,34 @@ def test_two_servers_share_one_writer_and_take_over(
     sender = Account.from_key(key).address
     sent = int(rpc(ticking_node.url, "eth_getTransactionCount", [sender, "latest"]), 16)
     assert sent == 1 + len(names)
+
+
+def test_workers_answer_alike_on_postgresql(
+    ticking_node: AnvilNode, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """`--workers 2`: whichever worker answers, a name accepted by the other is taken."""
+    server = ServerProcess(
+        data_dir=tmp_path,
+        env={
+            "JAMINS_RPC_URL": ticking_node.url,
+            "JAMINS_SIGNER_KEY": funded_key(ticking_node),
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_DATABASE_URL": postgres.create_database(f"w_{secrets.token_hex(4)}"),
+            "JAMINS_WORKERS": "2",
+        },
+    )
+    server.start()
+    try:
+        account, name = account_pool(20)[-1], unique_name("workers")
+        with httpx.Client(base_url=server.url) as http:
+            # New connections, so both workers answer and remember "free".
+            for _ in range(6):
+                assert httpx.get(f"{server.url}/name/{name}").status_code == 404
+            assert http.post(f"/name/{name}", json=account.registration_body(name)).json() == {
+                "success": True
+            }
+        answers = [httpx.get(f"{server.url}/name/{name}").status_code for _ in range(10)]
+        assert answers == [200] * 10
+        assert server.wait_settled(name)["state"] == "confirmed"
+    finally:
+        server.stop()

@@ -1,9 +1,10 @@
 """Answers the commonest requests without going through routing, validation or SQL.
 
 `GET /name/{name}` and `GET /addr/{addr}` whose answer is in the service's HotCache get
-its bytes straight away, and a name the chain was just found not to hold (the negative
-cache, which is what an availability check asks at every keystroke) gets its 404. Anything
-else, or anything this cannot decide, goes on to the application unchanged.
+its bytes straight away, and, when this process is the only one writing its database, a
+name the chain was just found not to hold (the negative cache, which is what an
+availability check asks at every keystroke) gets its 404. Anything else, or anything this
+cannot decide, goes on to the application unchanged.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ _MEMO_LIMIT = 100_000
 
 
 class HotPathMiddleware:
-    def __init__(self, app: ASGIApp, service: Callable[[], NameService | None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: Callable[[], NameService | None],
+        serve_negative: bool = True,
+    ) -> None:
         self.app = app
         self.service = service
+        self.serve_negative = serve_negative
         # Raw path segment -> fold (or None when invalid), so repeated lookups skip the
         # name policy's per-character checks.
         self._folds: dict[bytes, str | None] = {}
@@ -63,7 +70,7 @@ class HotPathMiddleware:
             if body is not None:
                 service.cache_counts["name", "hit"] += 1
                 return "name", 200, body
-            if folded in service.missing_names:
+            if self.serve_negative and folded in service.missing_names:
                 service.cache_counts["name", "negative_hit"] += 1
                 return "name", 404, NOT_FOUND_BODY
             return None
