@@ -78,6 +78,9 @@ def machine() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    # Set when the benchmarks run on an exported tree (git archive) of that commit.
+    if os.environ.get("BENCH_APP_COMMIT"):
+        return os.environ["BENCH_APP_COMMIT"]
     probe = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -144,6 +147,7 @@ def jamins_env(rpc_url: str, database_url: str, **extra: str) -> dict[str, str]:
         "JAMINS_SIGNER_KEY": SIGNER_KEY,
         "JAMINS_CONFIRMATIONS": "0",
         "JAMINS_LOG_LEVEL": "warning",
+        "JAMINS_WORKERS": "1",
     }
     env.update(extra)
     return env
@@ -280,6 +284,23 @@ class Wrk:
         path.write_text("\n".join(paths) + "\n")
         return path
 
+    def command(
+        self, base_url: str, *, connections: int, seconds: float, threads: int = 1
+    ) -> list[str]:
+        return [
+            self.binary,
+            "-t", str(min(threads, connections)),
+            "-c", str(connections),
+            "-d", f"{max(1, round(seconds))}s",
+            "--timeout", "10s",
+            "--latency",
+            "-s", str(self.script),
+            base_url,
+        ]  # fmt: skip
+
+    def env(self, paths: Path) -> dict[str, str]:
+        return {**os.environ, "BENCH_PATHS": str(paths)}
+
     def run(
         self,
         base_url: str,
@@ -290,25 +311,13 @@ class Wrk:
         threads: int = 1,
         server_pid: int | None = None,
     ) -> WrkResult:
-        command = [
-            self.binary,
-            "-t", str(min(threads, connections)),
-            "-c", str(connections),
-            "-d", f"{max(1, round(seconds))}s",
-            "--timeout", "10s",
-            "--latency",
-            "-s", str(self.script),
-            base_url,
-        ]  # fmt: skip
+        command = self.command(base_url, connections=connections, seconds=seconds, threads=threads)
         output = self.directory / "wrk.out"
         server_before = cpu_seconds(server_pid) if server_pid else 0.0
         started = time.monotonic()
         with open(output, "wb") as sink:
             process = subprocess.Popen(
-                command,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "BENCH_PATHS": str(paths)},
+                command, stdout=sink, stderr=subprocess.STDOUT, env=self.env(paths)
             )
             try:
                 # wait4 gives wrk's own CPU use (its rusage) without racing its exit.
@@ -321,27 +330,37 @@ class Wrk:
         elapsed = time.monotonic() - started
         server_cpu = (cpu_seconds(server_pid) - server_before) / elapsed if server_pid else 0.0
         text = output.read_text(errors="replace")
-        if process.returncode != 0 or "BENCH " not in text:
+        if process.returncode != 0:
             raise RuntimeError(f"wrk failed ({process.returncode}):\n{text[-2000:]}")
-        figures = json.loads(text.split("BENCH ", 1)[1].splitlines()[0])
-        duration = figures["duration_us"] / 1e6
-        return WrkResult(
-            requests=figures["requests"],
-            seconds=duration,
-            rps=figures["requests"] / duration,
-            p50_ms=figures["p50_us"] / 1000,
-            p90_ms=figures["p90_us"] / 1000,
-            p99_ms=figures["p99_us"] / 1000,
-            max_ms=figures["max_us"] / 1000,
-            mean_ms=figures["mean_us"] / 1000,
-            non_2xx=figures["status_errors"],
-            socket_errors=sum(
-                figures[key]
-                for key in ("connect_errors", "read_errors", "write_errors", "timeouts")
-            ),
+        return parse_wrk(
+            text,
             wrk_cpu=(usage.ru_utime + usage.ru_stime) / elapsed,
             server_cpu=server_cpu,
         )
+
+
+def parse_wrk(text: str, *, wrk_cpu: float = 0.0, server_cpu: float = 0.0) -> WrkResult:
+    """The figures the Lua `done` hook printed."""
+    if "BENCH " not in text:
+        raise RuntimeError(f"no figures in wrk's output:\n{text[-2000:]}")
+    figures = json.loads(text.split("BENCH ", 1)[1].splitlines()[0])
+    duration = figures["duration_us"] / 1e6
+    return WrkResult(
+        requests=figures["requests"],
+        seconds=duration,
+        rps=figures["requests"] / duration,
+        p50_ms=figures["p50_us"] / 1000,
+        p90_ms=figures["p90_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
+        mean_ms=figures["mean_us"] / 1000,
+        non_2xx=figures["status_errors"],
+        socket_errors=sum(
+            figures[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts")
+        ),
+        wrk_cpu=wrk_cpu,
+        server_cpu=server_cpu,
+    )
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -373,6 +392,7 @@ __all__ = [
     "free_port",
     "jamins_env",
     "machine",
+    "parse_wrk",
     "process_tree",
     "rss_kib",
     "sigterm_as_interrupt",

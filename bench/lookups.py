@@ -122,29 +122,38 @@ def cold_misses(base_url: str, paths: Path) -> dict[str, Any]:
 def profile_hits(
     wrk: Wrk, server: _common.ServerProcess, paths: Path, seconds: float, out: Path
 ) -> dict[str, Any]:
-    """py-spy the server while wrk asks for hits at 32 connections; returns the top frames."""
+    """py-spy the server while wrk asks for hits at 32 connections; returns the top frames.
+
+    The collapsed stacks stay in `out`.txt (flamegraph.pl or speedscope read them)."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
     assert server.process is not None
     raw = out.with_suffix(".txt")
-    spy = subprocess.Popen(
-        [
-            str(py_spy), "record", "--pid", str(server.process.pid), "--rate", "200",
-            "--duration", str(round(seconds)), "--format", "raw", "--output", str(raw),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        time.sleep(1.0)
-        wrk.run(server.url, paths, connections=32, seconds=seconds - 2)
-        spy.wait(timeout=seconds + 30)
-    finally:
-        if spy.poll() is None:
-            spy.terminate()
-            spy.wait()
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.unlink(missing_ok=True)
+    spy_log = out.parent / "py-spy.log"
+    with spy_log.open("wb") as spy_out:
+        spy = subprocess.Popen(
+            [
+                str(py_spy), "record", "--pid", str(server.process.pid), "--rate", "200",
+                "--duration", str(round(seconds)), "--format", "raw", "--output", str(raw),
+                "--nonblocking",
+            ],
+            stdout=spy_out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)
+            wrk.run(server.url, paths, connections=32, seconds=seconds - 2)
+            spy.wait(timeout=seconds + 30)
+        finally:
+            if spy.poll() is None:
+                spy.terminate()
+                spy.wait()
+    if not raw.exists():
+        raise RuntimeError(f"py-spy wrote no profile: {spy_log.read_text()[-1000:]}")
+    spy_log.unlink()
     return summarize_profile(raw)
 
 
@@ -171,7 +180,18 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
         ranked = sorted(table.items(), key=lambda item: -item[1])[:top]
         return [[frame, round(100 * count / total, 1)] for frame, count in ranked]
 
-    return {"samples": total, "self_percent": share(own), "inclusive_percent": share(inclusive)}
+    # The service's own functions, whatever line of them was sampled.
+    by_function: dict[str, int] = {}
+    for frame, count in inclusive.items():
+        if " (app/" in frame:
+            function = re.sub(r":\d+\)$", ")", frame)
+            by_function[function] = max(by_function.get(function, 0), count)
+    return {
+        "samples": total,
+        "self_percent": share(own),
+        "inclusive_percent": share(inclusive),
+        "app_functions_inclusive_percent": share(by_function),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,7 +246,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--body", str(body_file),
             ],
             cwd=_common.REPO_ROOT,
-            env={**os.environ, "JAMINS_LOG_LEVEL": "warning", "JAMINS_DATA_DIR": str(work)},
+            env={
+                **os.environ,
+                "JAMINS_LOG_LEVEL": "warning",
+                "JAMINS_DATA_DIR": str(work),
+                "JAMINS_WORKERS": "1",
+            },
             stdout=ceiling_log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -330,8 +355,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _common.RESULTS_DIR / f"lookups{suffix(args)}-profile",
             )
             results["profile_hits_32"] = profile
-            print("py-spy, hits at 32 connections, self time:")
+            print("py-spy, hits at 32 connections, self time (% of sampled stacks):")
             for frame, percent in profile["self_percent"][:15]:
+                print(f"  {percent:5.1f}%  {frame}")
+            print("jamins functions, inclusive:")
+            for frame, percent in profile["app_functions_inclusive_percent"][:12]:
                 print(f"  {percent:5.1f}%  {frame}")
     return results
 
