@@ -118,6 +118,19 @@ class RegistrationsDisabled(ServiceUnavailable):
     message = "this server has no signer key: registrations are disabled"
 
 
+class RegistrationsThrottled(ServiceUnavailable):
+    """Admission control (app.admission): a 503, because a 429 reads as "taken"."""
+
+    message = "too many registrations"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 async def handle_jamins_error(request: Request, exc: Exception) -> JSONResponse:
     """Render any JaminsError; registration answers also carry `"success": false`."""
     assert isinstance(exc, JaminsError)

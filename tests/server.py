@@ -47,6 +47,9 @@ class ServerProcess:
         # The tests' nodes mine a block per transaction and no other: waiting for blocks
         # on top of a registration would wait for ever. Tests of depth set it themselves.
         env.setdefault("JAMINS_CONFIRMATIONS", "0")
+        # Every test client is 127.0.0.1: the per-client registration limit would throttle
+        # the suite. tests/test_security.py tests it with a limit of its own.
+        env.setdefault("JAMINS_REGISTER_RATE_PER_MINUTE", "0")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reaped)
         self.process = subprocess.Popen(
             [
