@@ -72,7 +72,10 @@ class PostgresServer:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        with open(self.root / "postgres.log", "wb") as log:
+        self._launch()
+
+    def _launch(self) -> None:
+        with open(self.root / "postgres.log", "ab") as log:
             self.process = subprocess.Popen(
                 [
                     *self.as_user,
@@ -105,6 +108,23 @@ class PostgresServer:
                         + (self.root / "postgres.log").read_text()[-2000:]
                     ) from None
                 time.sleep(0.2)
+
+    def pause(self) -> None:
+        """Stop the server with a fast shutdown (SIGINT: every connection is cut at once),
+        keeping its data dir; `resume()` starts it again on the same port."""
+        if self.process is not None and self.process.poll() is None:
+            # Signalled through pg_ctl: runuser does not pass SIGINT on to postgres.
+            subprocess.run(
+                [*self.as_user, str(self.bin / "pg_ctl"), "stop", "-D", str(self.data),
+                 "-m", "fast", "-w"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.process.wait(30)
+
+    def resume(self) -> None:
+        """Start postgres again on the same data dir and port."""
+        self._launch()
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:

@@ -21,6 +21,7 @@ from web3.exceptions import ContractLogicError
 from web3.types import BlockIdentifier
 
 from app.chain.client import ChainClient, ChainRejected
+from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ZERO_ADDRESS, Registrar
 from app.chain.signer import SignedTx, Signer
 from app.db import session_scope
@@ -114,6 +115,7 @@ class TxWriter:
         self.send_attempts: dict[int, int] = {}
         self._wake = asyncio.Event()
         self.state = "starting"
+        self.reconciled = False
 
     def wake(self) -> None:
         """Tell the writer that a registration was accepted."""
@@ -168,6 +170,12 @@ class TxWriter:
 
     async def _recover(self) -> None:
         """Make SQL and the node agree on nonces after a start, crash or rejection."""
+        if not self.reconciled:
+            # Once per writer: the node may have come back without its last blocks.
+            await reconcile_confirmed(
+                sessionmaker=self.sessionmaker, client=self.client, registrar=self.registrar
+            )
+            self.reconciled = True
         w3 = self.client.w3
         mined_count = await self.client.call(
             w3.eth.get_transaction_count(self.signer.address, "latest")

@@ -1,0 +1,99 @@
+"""Put back on chain what SQL holds as confirmed and the chain has lost.
+
+A node that crashes (power loss, a state dump a few seconds old, a restore from backup)
+can come back without its last blocks. A registration confirmed in one of them was
+answered 200 and shown to clients, who cache it forever: it must be made true again. At
+writer start, every confirmed registration is checked against the chain's head; those
+the chain lacks go back to pending, with their name record kept (pending) so lookups keep
+answering, and the writer sends them again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.chain.client import ChainClient
+from app.chain.registrar import Registrar
+from app.db import session_scope
+from app.models import CONFIRMED, PENDING, NameRecord, Registration
+
+logger = logging.getLogger(__name__)
+
+NAMES_PER_BATCH = 250
+
+
+async def reconcile_confirmed(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: ChainClient,
+    registrar: Registrar,
+) -> list[str]:
+    """Return the names of confirmed registrations the chain lacks, now pending again.
+
+    Lost means: confirmed at a block above the chain's head, or not bound to its address
+    on chain while its own transaction is not in any block of this chain. A name whose
+    transaction is still on chain and which is bound elsewhere (or freed) was changed by
+    its owner after confirmation, as the indexer mirrors: that is not a loss.
+    """
+    head = await client.block_number()
+    async with session_scope(sessionmaker) as session:
+        confirmed = list(
+            await session.scalars(
+                select(Registration)
+                .where(Registration.state == CONFIRMED)
+                .order_by(Registration.id)
+            )
+        )
+    lost: list[tuple[int, bool]] = []  # (registration id, its transaction is in the pool)
+    for start in range(0, len(confirmed), NAMES_PER_BATCH):
+        batch = confirmed[start : start + NAMES_PER_BATCH]
+        records = await registrar.records_at([row.name for row in batch], head)
+        for registration, record in zip(batch, records, strict=True):
+            if record is not None and record.addr == registration.addr:
+                if registration.block is None or registration.block <= head:
+                    continue
+            elif registration.tx_hash is not None and (
+                await client.receipt(registration.tx_hash) is not None
+            ):
+                continue  # our transaction is on this chain: the owner changed it since
+            in_pool = registration.tx_hash is not None and await client.transaction_known(
+                registration.tx_hash
+            )
+            lost.append((registration.id, in_pool))
+    if not lost:
+        return []
+    restored: list[str] = []
+    async with session_scope(sessionmaker) as session, session.begin():
+        for registration_id, in_pool in lost:
+            row = await session.get(Registration, registration_id)
+            if row is None or row.state != CONFIRMED:
+                continue  # the indexer's reorg rollback got there first
+            row.state = PENDING
+            row.block = None
+            row.reason = None
+            if not in_pool:
+                # Its nonce may now belong to another transaction: sign it anew.
+                row.nonce = None
+                row.tx_hash = None
+                row.raw_tx = None
+            await session.merge(
+                NameRecord(
+                    name=row.name,
+                    folded_name=row.folded_name,
+                    addr=row.addr,
+                    owner=row.owner,
+                    publickey=row.publickey,
+                    signature=row.signature,
+                    pending=True,
+                )
+            )
+            restored.append(row.name)
+    logger.warning(
+        "%d confirmed registrations are missing from the chain (head %d): sending them again",
+        len(restored),
+        head,
+    )
+    return restored
