@@ -35,6 +35,21 @@ $(NODE_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The benchmarks of BENCHMARKS.md (about 20 minutes: memory runs MINUTES=10 of load). Each
+# starts its own anvil node, database and servers on 127.0.0.1 and writes bench/results/.
+MINUTES ?= 10
+bench: install postgres-binaries
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null || { \
+	  echo "installing wrk (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/lookups.py --profile
+	$(BIN)/python bench/lookups.py --db postgresql
+	$(BIN)/python bench/registrations.py
+	$(BIN)/python bench/backfill.py
+	$(BIN)/python bench/memory.py --minutes $(MINUTES)
+
 # The tests start their own PostgreSQL server; they need its binaries, not a running one.
 postgres-binaries:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \

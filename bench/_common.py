@@ -33,10 +33,19 @@ from tests.server import ServerProcess, free_port  # noqa: E402
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# anvil's first two default dev accounts (public test keys, funded by anvil at start):
-# the jamins signer, and the DirectWriter that plays "another party" writing names.
+# The jamins signer: anvil's first default dev account (a public test key, funded by anvil).
 SIGNER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-OTHER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86e3e68dd1c55a42abf3baf5db6e"
+# "Another party" writing names directly (DirectWriter); funded with fund_other().
+OTHER_KEY = "0x" + "be" * 32
+
+
+def fund_other(node_url: str) -> None:
+    """Give OTHER_KEY's account ether on the benchmark's anvil node."""
+    from eth_account import Account
+
+    from app.chain.anvil import fund
+
+    fund(node_url, Account.from_key(OTHER_KEY).address, 10**24)
 
 
 def sigterm_as_interrupt() -> None:
@@ -390,6 +399,7 @@ __all__ = [
     "command_line",
     "cpu_seconds",
     "free_port",
+    "fund_other",
     "jamins_env",
     "machine",
     "parse_wrk",
