@@ -1,0 +1,70 @@
+"""Races: many clients at once for one name, and one client for many names. Exactly one
+wins, every other answer is the PROTOCOL.md §4 refusal, and the chain agrees. On SQLite
+and PostgreSQL (the `server` fixture)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from app.chain.anvil import AnvilNode
+from tests.conftest import unique_name
+from tests.faults import chain_addr, quick_accounts
+from tests.server import ServerProcess
+
+CONTENDERS = 50
+ZERO = "0" * 40
+
+
+def _race(server: ServerProcess, requests: list[tuple[str, dict[str, str]]]) -> list[int]:
+    """POST every (name, body) at the same moment, one thread each; the statuses."""
+    start = threading.Barrier(len(requests))
+    limits = httpx.Limits(max_connections=len(requests))
+    with httpx.Client(base_url=server.url, timeout=60, limits=limits) as client:
+
+        def post(request: tuple[str, dict[str, str]]) -> int:
+            name, body = request
+            start.wait(30)
+            return client.post(f"/name/{name}", json=body).status_code
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            return list(pool.map(post, requests))
+
+
+@pytest.mark.slow
+def test_one_name_from_50_ids_has_one_winner(
+    server: ServerProcess, http: httpx.Client, anvil: AnvilNode
+) -> None:
+    name = unique_name("race")
+    accounts = quick_accounts(CONTENDERS, offset=300)
+    statuses = _race(server, [(name, account.registration_body(name)) for account in accounts])
+    assert Counter(statuses) == {200: 1, 409: CONTENDERS - 1}
+    winner = accounts[statuses.index(200)]
+    assert server.wait_settled(name)["state"] == "confirmed"
+    assert chain_addr(anvil.url, server.registrar_address(), name) == winner.jami_id
+    assert http.get(f"/name/{name}").json()["addr"] == "0x" + winner.jami_id
+    losers = [account for account in accounts if account is not winner]
+    assert {http.get(f"/addr/{account.jami_id}").status_code for account in losers[:5]} == {404}
+
+
+@pytest.mark.slow
+def test_50_names_for_one_id_has_one_winner(
+    server: ServerProcess, http: httpx.Client, anvil: AnvilNode
+) -> None:
+    (account,) = quick_accounts(1, offset=350)
+    names = [unique_name("many") for _ in range(CONTENDERS)]
+    statuses = _race(server, [(name, account.registration_body(name)) for name in names])
+    counts = Counter(statuses)
+    assert counts[200] == 1, counts
+    # The address already has a name: 403 (PROTOCOL.md §4); both read as "taken".
+    assert set(counts) - {200} <= {403, 409}, counts
+    winner = names[statuses.index(200)]
+    assert server.wait_settled(winner)["state"] == "confirmed"
+    contract = server.registrar_address()
+    assert chain_addr(anvil.url, contract, winner) == account.jami_id
+    assert {chain_addr(anvil.url, contract, name) for name in names if name != winner} == {ZERO}
+    assert http.get(f"/addr/{account.jami_id}").json() == {"name": winner}
