@@ -242,7 +242,7 @@ def test_chain_node_outage_under_load(node: AnvilNode, tmp_path: Path) -> None:
     print(
         "\nchain outage:",
         {
-            phase: dict(result.statuses(phase, kind))
+            f"{phase} {kind}": dict(result.statuses(phase, kind))
             for phase in ("before", "outage", "after")
             for kind in ("known", "unknown", "register")
         },
@@ -309,7 +309,7 @@ def test_postgresql_restart_under_load(anvil: AnvilNode, tmp_path: Path) -> None
     print(
         "\npostgresql restart:",
         {
-            phase: dict(result.statuses(phase, kind))
+            f"{phase} {kind}": dict(result.statuses(phase, kind))
             for phase in ("before", "outage", "after")
             for kind in ("lookup", "register")
         },
