@@ -75,6 +75,8 @@ def serve(
         log_config=None,
         log_level=settings.log_level,
         access_log=settings.access_log,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # Jami clients send no Accept-Encoding and read bodies as they come.
         server_header=False,
         timeout_graceful_shutdown=10,

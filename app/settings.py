@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="How long a found record's answer is kept in memory (0: never). Writes "
         "this server makes or sees drop it at once; the bound matters with several servers.",
     )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-For/-Proto are trusted for the client address "
+        "(comma-separated IPs, or *).",
+    )
     workers: int = Field(
         default=1, ge=1, description="Worker processes of `jamins serve` (needs JAMINS_RPC_URL)."
     )
