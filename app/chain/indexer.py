@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names
 from app.chain.client import ChainClient, ChainRejected
+from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import get_meta, session_scope, set_meta
 from app.errors import ServiceUnavailable
@@ -126,6 +127,16 @@ class Indexer:
         records = await self._load(touched, head)
         hashes = await self._hashes(max(last + 1, head - self.reorg_window), to_block)
         await self._commit(records, hashes, to_block, head)
+        # The writer may have confirmed a registration in a block that a reorg orphaned
+        # before this indexer saw it: such a block leaves no hash here to disagree with.
+        restored = await reconcile_confirmed(
+            sessionmaker=self.sessionmaker,
+            client=self.client,
+            registrar=self.registrar,
+            blocks=(last + 1, to_block),
+        )
+        if restored and self.on_changed:
+            self.on_changed([names.fold(name) for name in restored])
         self.indexed_block = to_block
         self.names_loaded += len(records)
         if len(touched) < 1_000:

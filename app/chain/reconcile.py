@@ -30,20 +30,30 @@ async def reconcile_confirmed(
     sessionmaker: async_sessionmaker[AsyncSession],
     client: ChainClient,
     registrar: Registrar,
+    blocks: tuple[int, int] | None = None,
 ) -> list[str]:
     """Return the names of confirmed registrations the chain lacks, now pending again.
 
     Lost means: confirmed at a block above the chain's head, or not bound to its address
     on chain while its own transaction is not in any block of this chain. A name whose
     transaction is still on chain and which is bound elsewhere (or freed) was changed by
-    its owner after confirmation, as the indexer mirrors: that is not a loss.
+    its owner after confirmation, as the indexer mirrors: that is not a loss. `blocks`
+    limits the check to registrations confirmed in that range (the indexer checks each
+    range it reads: a reorg may orphan a block before the indexer ever saw its hash).
     """
     head = await client.block_number()
     async with session_scope(sessionmaker) as session:
         confirmed = list(
             await session.scalars(
                 select(Registration)
-                .where(Registration.state == CONFIRMED)
+                .where(
+                    Registration.state == CONFIRMED,
+                    *(
+                        (Registration.block >= blocks[0], Registration.block <= blocks[1])
+                        if blocks
+                        else ()
+                    ),
+                )
                 .order_by(Registration.id)
             )
         )
