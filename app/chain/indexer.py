@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names
 from app.chain.client import ChainClient, ChainRejected
-from app.chain.reconcile import reconcile_confirmed
+from app.chain.reconcile import reconcile_confirmed, reopen
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import get_meta, session_scope, set_meta
 from app.errors import ServiceUnavailable
-from app.models import CONFIRMED, PENDING, IndexedBlock, NameRecord, Registration
+from app.models import CONFIRMED, IndexedBlock, NameRecord, Registration
 
 logger = logging.getLogger(__name__)
 
@@ -242,8 +242,7 @@ class Indexer:
         logger.warning("reorg: the chain forked after block %d; rolling back", ancestor)
         async with session_scope(self.sessionmaker) as session, session.begin():
             # Our registrations confirmed in orphaned blocks go back to the writer, which
-            # finds their transaction again (re-mined) or sends it anew; meanwhile their
-            # names stay taken, as they were when we answered 200.
+            # finds their transaction again (re-mined) or sends it anew.
             orphaned = list(
                 await session.scalars(
                     select(Registration).where(
@@ -252,19 +251,7 @@ class Indexer:
                 )
             )
             for registration in orphaned:
-                registration.state = PENDING
-                registration.block = None
-                await session.merge(
-                    NameRecord(
-                        name=registration.name,
-                        folded_name=registration.folded_name,
-                        addr=registration.addr,
-                        owner=registration.owner,
-                        publickey=registration.publickey,
-                        signature=registration.signature,
-                        pending=True,
-                    )
-                )
+                await reopen(session, registration, resign=False)
             dirty = list(
                 await session.scalars(
                     select(NameRecord.name).where(

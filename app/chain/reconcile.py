@@ -25,6 +25,30 @@ logger = logging.getLogger(__name__)
 NAMES_PER_BATCH = 250
 
 
+async def reopen(session: AsyncSession, registration: Registration, *, resign: bool) -> None:
+    """Hand a confirmed registration the chain no longer has back to the writer. Its name
+    stays taken (a pending record), as it was when this server answered 200."""
+    registration.state = PENDING
+    registration.block = None
+    registration.reason = None
+    if resign:
+        # Its nonce may now belong to another transaction: sign it anew.
+        registration.nonce = None
+        registration.tx_hash = None
+        registration.raw_tx = None
+    await session.merge(
+        NameRecord(
+            name=registration.name,
+            folded_name=registration.folded_name,
+            addr=registration.addr,
+            owner=registration.owner,
+            publickey=registration.publickey,
+            signature=registration.signature,
+            pending=True,
+        )
+    )
+
+
 async def reconcile_confirmed(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -81,25 +105,7 @@ async def reconcile_confirmed(
             row = await session.get(Registration, registration_id)
             if row is None or row.state != CONFIRMED:
                 continue  # the indexer's reorg rollback got there first
-            row.state = PENDING
-            row.block = None
-            row.reason = None
-            if not in_pool:
-                # Its nonce may now belong to another transaction: sign it anew.
-                row.nonce = None
-                row.tx_hash = None
-                row.raw_tx = None
-            await session.merge(
-                NameRecord(
-                    name=row.name,
-                    folded_name=row.folded_name,
-                    addr=row.addr,
-                    owner=row.owner,
-                    publickey=row.publickey,
-                    signature=row.signature,
-                    pending=True,
-                )
-            )
+            await reopen(session, row, resign=not in_pool)
             restored.append(row.name)
     logger.warning(
         "%d confirmed registrations are missing from the chain (head %d): sending them again",
