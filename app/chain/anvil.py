@@ -122,6 +122,11 @@ class AnvilNode:
     The dump keeps accounts, code, storage, blocks, receipts and logs (so the block number
     carries on), but reads *at* an older block fail after a restart unless
     `preserve_historical_states` is set.
+
+    Unless historical states are preserved, anvil keeps only the last `keep_states` block
+    states, in memory: otherwise it spills every older state to ~/.foundry/anvil/tmp, which
+    grows by the size of the whole state at each block (tens of GB seen in a benchmark) and
+    is left behind when the process is killed.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class AnvilNode:
         log_file: Path | None = None,
         accounts: int = 10,
         preserve_historical_states: bool = False,
+        keep_states: int = 256,
     ) -> None:
         if host != "127.0.0.1":
             # The node holds funded dev keys and unauthenticated admin methods.
@@ -155,6 +161,7 @@ class AnvilNode:
         self.log_file = log_file
         self.accounts = accounts
         self.preserve_historical_states = preserve_historical_states
+        self.keep_states = keep_states
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_path: Path | None = None
@@ -183,6 +190,8 @@ class AnvilNode:
                 command += ["--state-interval", str(self.state_interval)]
             if self.preserve_historical_states:
                 command.append("--preserve-historical-states")
+        if not (self.state_file is not None and self.preserve_historical_states):
+            command += ["--prune-history", str(self.keep_states)]
         return command
 
     def start(self, timeout: float = 30.0) -> None:
