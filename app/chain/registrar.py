@@ -61,6 +61,16 @@ class ChainRecord:
     signature: str
 
 
+@dataclass(frozen=True)
+class ChainView:
+    """What one batch read: per name its record (None without an address) and owner, and
+    the name an address points to."""
+
+    records: list[ChainRecord | None]
+    owners: list[str]
+    reverse_name: str | None
+
+
 class Registrar:
     """Reads and encodes calls of one deployed registrar."""
 
@@ -121,28 +131,41 @@ class Registrar:
     def _selector(self, function: str) -> str:
         return _selectors()[function]
 
-    async def records_at(self, names: list[str], block: int) -> list[ChainRecord | None]:
-        """Full records of many names at `block`, in one JSON-RPC batch (raw eth_call:
-        web3's per-call formatting costs more than the node's work here)."""
+    async def records_at(
+        self, names: list[str], block: int | str = "latest"
+    ) -> list[ChainRecord | None]:
+        """Full records of many names at `block`, in one JSON-RPC batch."""
+        return (await self.view(names, block=block)).records
+
+    async def view(
+        self, names: list[str], *, jami_id: str | None = None, block: int | str = "latest"
+    ) -> ChainView:
+        """Records and owners of `names`, and the name of `jami_id`, in one JSON-RPC batch
+        of raw eth_calls (web3's per-call formatting costs more than the node's work)."""
         fields = ("addr", "owner", "publickey", "signature")
         selectors = {field: self._selector(field) for field in fields}
-        block_hex = hex(block)
+        block_id = hex(block) if isinstance(block, int) else block
         calls = [
             (
                 "eth_call",
                 [
                     {"to": self.address, "data": selectors[field] + to_bytes32(name).hex()},
-                    block_hex,
+                    block_id,
                 ],
             )
             for name in names
             for field in fields
         ]
+        if jami_id is not None:
+            reverse_call = self._selector("name") + "0" * 24 + jami_id
+            calls.append(("eth_call", [{"to": self.address, "data": reverse_call}, block_id]))
         results = await self.client.rpc_batch(calls)
         records: list[ChainRecord | None] = []
+        owners: list[str] = []
         for index, name in enumerate(names):
             addr_word, owner_word, key_data, signature_data = results[4 * index : 4 * index + 4]
             addr = _address_word(addr_word)
+            owners.append(_address_word(owner_word))
             if addr == ZERO_ADDRESS:
                 records.append(None)
                 continue
@@ -150,12 +173,20 @@ class Registrar:
                 ChainRecord(
                     name=name,
                     addr=addr,
-                    owner=_address_word(owner_word),
+                    owner=owners[-1],
                     publickey=_string_result(key_data),
                     signature=_string_result(signature_data),
                 )
             )
-        return records
+        reverse_name = None
+        if jami_id is not None:
+            raw = bytes.fromhex(str(results[-1])[2:] or "")
+            if any(raw):
+                try:
+                    reverse_name = from_bytes32(raw)
+                except InvalidName:
+                    reverse_name = None
+        return ChainView(records=records, owners=owners, reverse_name=reverse_name)
 
     async def touched_names(self, from_block: int, to_block: int) -> dict[bytes, int]:
         """Names (raw bytes32) that any registrar event touched in the range, each with the

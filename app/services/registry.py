@@ -226,8 +226,8 @@ class NameService:
             raise AddressNotRegistered()
         self.cache_counts["addr", "miss"] += 1
         registrar = self._registrar()
-        chain_name = await registrar.name_of(jami_id)
-        record = await registrar.record(chain_name) if chain_name is not None else None
+        chain_name = (await registrar.view([], jami_id=jami_id)).reverse_name
+        record = (await registrar.records_at([chain_name]))[0] if chain_name else None
         if record is None or record.addr != jami_id:
             self.missing_addrs.add(jami_id)
             raise AddressNotRegistered()
@@ -377,22 +377,23 @@ class NameService:
         return False
 
     async def _check_chain(self, name: str, folded: str, jami_id: str) -> bool:
-        """Like _check_sql, against the chain (which SQL may not have seen yet)."""
-        registrar = self._registrar()
-        found = await self._find_on_chain(name, folded)
+        """Like _check_sql, against the chain (which SQL may not have seen yet), in one
+        batch of reads."""
+        candidates = _chain_candidates(name, folded)
+        view = await self._registrar().view(candidates, jami_id=jami_id)
+        found = next((record for record in view.records if record is not None), None)
         if found is not None:
             await self._fill(found)
             if found.addr == jami_id:
                 return True
             raise NameTaken()
-        if await registrar.owner_of(name) != "0" * 40:
+        if any(owner != "0" * 40 for owner in view.owners):
             raise NameTaken()  # owned with no address: reserveFor would refuse it
-        existing = await registrar.name_of(jami_id)
-        if existing is not None:
-            record = await registrar.record(existing)
+        if view.reverse_name is not None:
+            record = await self._registrar().record(view.reverse_name)
             if record is not None and record.addr == jami_id:
                 await self._fill(record)
-            raise AddressHasName(name=existing, addr=jami_id)
+            raise AddressHasName(name=view.reverse_name, addr=jami_id)
         return False
 
     # -- chain reads --------------------------------------------------------------------
@@ -403,12 +404,8 @@ class NameService:
         return self.registrar
 
     async def _find_on_chain(self, name: str, folded: str) -> ChainRecord | None:
-        registrar = self._registrar()
-        for candidate in _chain_candidates(name, folded):
-            record = await registrar.record(candidate)
-            if record is not None:
-                return record
-        return None
+        records = await self._registrar().records_at(_chain_candidates(name, folded))
+        return next((record for record in records if record is not None), None)
 
     async def _fill(self, found: ChainRecord) -> NameRecord:
         """Store a record read from the chain; returns what SQL holds for its name."""
