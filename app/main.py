@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -56,7 +56,6 @@ class Runtime:
     client: ChainClient | None = None
     background: Background | None = None
     background_task: asyncio.Task[None] | None = None
-    cleanups: list[Any] = field(default_factory=list)
 
 
 def start_embedded_node(settings: Settings) -> AnvilNode:
