@@ -39,7 +39,7 @@ $(NODE_STAMP): package.json package-lock.json
 # starts its own anvil node, database and servers on 127.0.0.1 and writes bench/results/.
 MINUTES ?= 10
 bench: install postgres-binaries
-	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@command -v wrk >/dev/null || { \
 	  echo "installing wrk (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

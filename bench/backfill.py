@@ -39,26 +39,28 @@ SIGNATURE_BYTES = 512  # base64: 684 characters
 
 
 class Writer(DirectWriter):
-    """DirectWriter that also fills a nonce gap: under a burst of ~1.5M-gas transactions
-    anvil has been seen to drop one from its pool and keep the later ones queued for ever
-    (pending 0, queued > 0); DirectWriter re-sends only when the pool is empty."""
+    """DirectWriter for a node with automine off: a whole batch goes into the pool, then
+    blocks are mined 25 at a time (each as full as the gas limit allows) until it is in.
+    Automine makes a block per arriving transaction and gets slower as the chain grows.
+    Under a burst anvil has been seen to drop a transaction and keep the later ones queued
+    for ever (pending 0, queued > 0): then the rest of the batch is sent again."""
 
     def _wait_mined(
-        self, tx_hash: str, raws: list[str], first_nonce: int, timeout: float = 120
+        self, tx_hash: str, raws: list[str], first_nonce: int, timeout: float = 300
     ) -> None:
         deadline = time.monotonic() + timeout
         while rpc(self.url, "eth_getTransactionReceipt", [tx_hash]) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{tx_hash} not mined after {timeout} s")
-            mined = int(rpc(self.url, "eth_getTransactionCount", [self.address, "latest"]), 16)
             pool = rpc(self.url, "txpool_status", [])
             if int(pool["pending"], 16) == 0:
+                mined = int(rpc(self.url, "eth_getTransactionCount", [self.address, "latest"]), 16)
                 rpc_batch(
                     self.url,
                     [("eth_sendRawTransaction", [raw]) for raw in raws[mined - first_nonce :]],
                     check=False,  # the queued ones answer "already known"
                 )
-            rpc(self.url, "evm_mine", [])
+            rpc_batch(self.url, [("evm_mine", [])] * 25)
 
 
 def records(count: int, seed: int) -> list[DirectRecord]:
@@ -146,8 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with contextlib.ExitStack() as stack:
         work = _common.workdir(stack, "jamins-bench-backfill-")
-        node = _common.start_anvil(stack)
+        node = _common.start_anvil(stack, prune_history=True)
         _common.fund_other(node.url)
+        rpc(node.url, "evm_setAutomine", [False])
         writer = Writer(node.url, _common.OTHER_KEY)
         contract = writer.deploy()
         made = records(args.names, args.seed)

@@ -192,7 +192,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.grid(True, alpha=0.3)
     machine = results["machine"]
     figure.suptitle(
-        f"jamins memory under mixed load, {results['database']}, {results['connections']} "
+        f"jamins memory under mixed load, {results['names']:,} names on {results['database']}, "
+        f"{results['connections']} "
         f"connections; green: registrations ({machine['nproc']} x {machine['cpu_model']}, "
         f"{machine['date']})",
         fontsize=10,
@@ -216,6 +217,8 @@ def main() -> None:
     _common.sigterm_as_interrupt()
     results = run(args)
     suffix = "" if args.db == "sqlite" else f"-{args.db}"
+    if args.names != 100_000:
+        suffix += f"-{args.names // 1000}k"
     json_path = _common.write_json(f"memory{suffix}.json", results)
     png_path = _common.RESULTS_DIR / f"memory{suffix}.png"
     plot(results, png_path)

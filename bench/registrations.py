@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import _common
 import httpx
+from lookups import summarize_profile
 
 from tests.chain_tools import rpc
 from tests.jami_keys import make_account
@@ -91,6 +95,29 @@ def wait_confirmed(
     return settled
 
 
+def start_profile(pid: int, raw: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the server until stopped (SIGINT makes it write what it has)."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+         "--output", str(raw), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
 def blocks_between(url: str, first: int, last: int) -> list[dict[str, Any]]:
     blocks = []
     for number in range(first, last + 1):
@@ -138,9 +165,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
         head = int(rpc(node.url, "eth_blockNumber", []), 16)
+        spy = None
+        if args.profile:
+            assert server.process is not None
+            spy = start_profile(server.process.pid, work / "profile.txt")
+            stack.callback(_stop_profile, spy)
+            time.sleep(1.0)
         started = time.monotonic()
         acks = asyncio.run(post_all(server.url, bodies))
         acked = time.monotonic() - started
+        if spy is not None:
+            _stop_profile(spy)
+            results["profile_acks"] = summarize_profile(work / "profile.txt")
         ack_values = list(acks.values())
         print(
             f"{len(acks)} POSTs acknowledged in {acked * 1000:.0f} ms: "
@@ -264,14 +300,21 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain")
+    parser.add_argument("--profile", action="store_true", help="py-spy the POST burst")
     args = parser.parse_args()
     _common.sigterm_as_interrupt()
+    if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+        parser.error("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
     results = run(args)
     suffix = "" if args.db == "sqlite" else f"-{args.db}"
     json_path = _common.write_json(f"registrations{suffix}.json", results)
     png_path = _common.RESULTS_DIR / f"registrations{suffix}.png"
     plot(results, png_path)
     report(results)
+    if "profile_acks" in results:
+        print("py-spy during the POSTs, jamins functions (inclusive, % of sampled stacks):")
+        for frame, percent in results["profile_acks"]["app_functions_inclusive_percent"][:15]:
+            print(f"  {percent:5.1f}%  {frame}")
     print(f"wrote {json_path} and {png_path}")
 
 
