@@ -125,23 +125,17 @@ def write_json(name: str, document: dict[str, Any]) -> Path:
 # -- processes -----------------------------------------------------------------------------
 
 
-class PrunedAnvilNode(AnvilNode):
-    """anvil keeping only its last `keep` states, in memory. A default anvil writes every
-    older state to ~/.foundry/anvil/tmp as JSON, the whole state each time: a 10k-name
-    chain wrote 29 GB there in 8 minutes, and slowed down as it grew."""
-
-    keep = 64
-
-    def _command(self, port: int) -> list[str]:
-        return [*super()._command(port), "--prune-history", str(self.keep)]
-
-
 def start_anvil(
     stack: contextlib.ExitStack, *, prune_history: bool = False, **options: Any
 ) -> AnvilNode:
-    """An anvil node (Jami chain id, fork rules and 4.7M gas limit unless told otherwise)."""
-    node_class = PrunedAnvilNode if prune_history else AnvilNode
-    node = node_class(binary=find_anvil(), **options)
+    """An anvil node (Jami chain id, fork rules and 4.7M gas limit unless told otherwise).
+
+    AnvilNode keeps only recent block states in memory (--prune-history): a default anvil
+    writes every older state to ~/.foundry/anvil/tmp, the whole state each time (a
+    10k-name chain wrote 29 GB there in 8 minutes). `prune_history` keeps even fewer."""
+    if prune_history:
+        options.setdefault("keep_states", 64)
+    node = AnvilNode(binary=find_anvil(), **options)
     stack.callback(node.stop)
     node.start()
     return node
