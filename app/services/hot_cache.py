@@ -40,7 +40,9 @@ class _Expiring:
 class HotCache:
     """Answer bodies of `GET /name/{name}` by folded name and `GET /addr/{addr}` by ID."""
 
-    def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
+    # About 2 KB an answer with an RSA-4096 key: 20,000 is ~40 MB, and the hot set of a
+    # community's names; anything colder is one SQL read away.
+    def __init__(self, ttl: float, max_entries: int = 20_000) -> None:
         self.names = _Expiring(ttl, max_entries)
         self.addrs = _Expiring(ttl, max_entries)
 
