@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -23,7 +24,7 @@ from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.background import Background
 from app.chain.anvil import AnvilNode, find_anvil, fund
-from app.chain.client import ChainClient
+from app.chain.client import ChainClient, ChainRejected
 from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
@@ -82,6 +83,29 @@ async def fund_embedded_signer(client: ChainClient, signer: Signer) -> None:
         await asyncio.to_thread(fund, client.url, signer.address, EMBEDDED_FUNDING_WEI)
 
 
+async def _remember(service_db: Any, values: dict[str, str]) -> None:
+    """Store meta values; a worker starting at the same moment may insert them first."""
+    for attempt in range(2):
+        try:
+            async with session_scope(service_db) as session, session.begin():
+                for key, value in values.items():
+                    await set_meta(session, key, value)
+            return
+        except sqlalchemy.exc.IntegrityError:
+            if attempt:
+                raise
+
+
+async def _wait_for_remembered_registrar(service_db: Any, seconds: float = 30) -> str:
+    async with asyncio.timeout(seconds):
+        while True:
+            async with session_scope(service_db) as session:
+                remembered = await get_meta(session, META_REGISTRAR)
+            if remembered is not None:
+                return remembered
+            await asyncio.sleep(0.5)
+
+
 async def resolve_registrar(
     settings: Settings, client: ChainClient, signer: Signer | None, service_db: Any
 ) -> Registrar:
@@ -111,18 +135,26 @@ async def resolve_registrar(
             address = first
     if address is None:
         assert signer is not None
-        address, block = await deploy_registrar(
-            client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
-        )
-        logger.info("deployed the registrar at %s in block %d", address, block)
-        async with session_scope(service_db) as session, session.begin():
-            await set_meta(session, META_REGISTRAR_BLOCK, str(block))
+        try:
+            address, block = await deploy_registrar(
+                client,
+                signer,
+                GasPolicy(settings.chain_id, settings.gas_price_wei),
+                deployment_data(),
+            )
+        except ChainRejected:
+            # Another worker or server of this database deployed first (its transaction
+            # took the nonce): use what it remembers.
+            address = await _wait_for_remembered_registrar(service_db)
+        else:
+            logger.info("deployed the registrar at %s in block %d", address, block)
+            await _remember(service_db, {META_REGISTRAR_BLOCK: str(block)})
     registrar = Registrar(client, address)
     if not await registrar.is_deployed():
         raise StartupError(f"no contract at {address} on the chain at {client.url}")
-    async with session_scope(service_db) as session, session.begin():
-        await set_meta(session, META_REGISTRAR, address.lower())
-        await set_meta(session, META_CHAIN_ID, str(settings.chain_id))
+    await _remember(
+        service_db, {META_REGISTRAR: address.lower(), META_CHAIN_ID: str(settings.chain_id)}
+    )
     return registrar
 
 

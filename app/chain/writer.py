@@ -56,6 +56,12 @@ async def estimate_gas(client: ChainClient, *, sender: str, to: str | None, data
     return min(int(estimate * GAS_MARGIN), int(block["gasLimit"]))
 
 
+def _already_known(exc: ChainRejected) -> bool:
+    """The node refused a transaction because it already has it (geth, anvil wording)."""
+    text = str(exc).lower()
+    return "already known" in text or "already imported" in text
+
+
 async def deploy_registrar(
     client: ChainClient, signer: Signer, policy: GasPolicy, bytecode: str, timeout: float = 120
 ) -> tuple[str, int]:
@@ -70,7 +76,13 @@ async def deploy_registrar(
         data=bytecode,
         chain_id=policy.chain_id,
     )
-    await client.call(client.w3.eth.send_raw_transaction(HexStr(signed.raw)))
+    try:
+        await client.call(client.w3.eth.send_raw_transaction(HexStr(signed.raw)))
+    except ChainRejected as exc:
+        # Several workers starting together sign the very same deployment: the node
+        # already has it, and its receipt serves them all.
+        if not _already_known(exc):
+            raise
     async with asyncio.timeout(timeout):
         while True:
             receipt = await client.receipt(signed.tx_hash)
@@ -394,6 +406,6 @@ class TxWriter:
         try:
             await self.client.call(self.client.w3.eth.send_raw_transaction(HexStr(raw_tx)))
         except ChainRejected as exc:
-            if "already known" in str(exc).lower() or "already imported" in str(exc).lower():
+            if _already_known(exc):
                 return
             raise
