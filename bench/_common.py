@@ -125,6 +125,16 @@ def write_json(name: str, document: dict[str, Any]) -> Path:
 # -- processes -----------------------------------------------------------------------------
 
 
+def save_figure(figure: Any, path: Path, title: str) -> None:
+    """Title, lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def start_anvil(
     stack: contextlib.ExitStack, *, prune_history: bool = False, **options: Any
 ) -> AnvilNode:

@@ -208,14 +208,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.grid(True, alpha=0.3)
     right.legend()
     machine = results["machine"]
-    figure.suptitle(
+    _common.save_figure(
+        figure,
+        path,
         f"jamins index: {results['names']:,} names over {results['blocks']} blocks, half with "
         f"RSA-4096 key material ({machine['nproc']} x {machine['cpu_model']}, {machine['date']})",
-        fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def main() -> None:

@@ -415,14 +415,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_yscale("log")
     right.axhline(GOAL_P99_MS, color="grey", linestyle="--", linewidth=1)
     machine = results["machine"]
-    figure.suptitle(
+    _common.save_figure(
+        figure,
+        path,
         f"jamins lookups, {results['names']:,} names on {results['database']}, one worker "
         f"({machine['nproc']} x {machine['cpu_model']}, {machine['date']})",
-        fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def main() -> None:

@@ -191,16 +191,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_ylabel("lookups answered (cumulative)", color="tab:orange")
     left.grid(True, alpha=0.3)
     machine = results["machine"]
-    figure.suptitle(
+    _common.save_figure(
+        figure,
+        path,
         f"jamins memory under mixed load, {results['names']:,} names on {results['database']}, "
         f"{results['connections']} "
         f"connections; green: registrations ({machine['nproc']} x {machine['cpu_model']}, "
         f"{machine['date']})",
-        fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def main() -> None:

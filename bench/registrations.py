@@ -282,15 +282,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.grid(True, alpha=0.3)
     right.legend()
     machine = results["machine"]
-    figure.suptitle(
+    _common.save_figure(
+        figure,
+        path,
         f"jamins: {results['registrations']} RSA-4096 registrations at once, "
         f"{results['block_seconds']} s blocks, {results['gas_limit']:,} gas, {results['database']}"
         f" ({machine['nproc']} x {machine['cpu_model']}, {machine['date']})",
-        fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def main() -> None:
