@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -13,7 +12,6 @@ import rlp
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.types import BlockIdentifier
 
 from app.chain.client import ChainClient
 from app.names import InvalidName, from_bytes32, to_bytes32
@@ -82,51 +80,6 @@ class Registrar:
     async def is_deployed(self) -> bool:
         code = await self.client.call(self.client.w3.eth.get_code(self.address))
         return len(code) > 0
-
-    async def addr_of(self, name: str, block: BlockIdentifier = "latest") -> str:
-        """The Jami ID bound to `name` (40 hex), ZERO_ADDRESS when none."""
-        result = await self.client.call(
-            self.contract.functions.addr(to_bytes32(name)).call(block_identifier=block)
-        )
-        return _hex40(result)
-
-    async def owner_of(self, name: str, block: BlockIdentifier = "latest") -> str:
-        result = await self.client.call(
-            self.contract.functions.owner(to_bytes32(name)).call(block_identifier=block)
-        )
-        return _hex40(result)
-
-    async def name_of(self, jami_id: str, block: BlockIdentifier = "latest") -> str | None:
-        """The name whose primary address is `jami_id`, or None."""
-        raw = await self.client.call(
-            self.contract.functions.name(_checksum(jami_id)).call(block_identifier=block)
-        )
-        if not any(raw):
-            return None
-        try:
-            return from_bytes32(raw)
-        except InvalidName:
-            return None
-
-    async def record(self, name: str, block: BlockIdentifier = "latest") -> ChainRecord | None:
-        """The full record of `name`, or None when the chain binds no address to it."""
-        key = to_bytes32(name)
-        functions = self.contract.functions
-        addr, owner, publickey, signature = await asyncio.gather(
-            self.client.call(functions.addr(key).call(block_identifier=block)),
-            self.client.call(functions.owner(key).call(block_identifier=block)),
-            self.client.call(functions.publickey(key).call(block_identifier=block)),
-            self.client.call(functions.signature(key).call(block_identifier=block)),
-        )
-        if _hex40(addr) == ZERO_ADDRESS:
-            return None
-        return ChainRecord(
-            name=name,
-            addr=_hex40(addr),
-            owner=_hex40(owner),
-            publickey=publickey,
-            signature=signature,
-        )
 
     def _selector(self, function: str) -> str:
         return _selectors()[function]

@@ -18,7 +18,6 @@ from eth_typing import HexStr
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
-from web3.types import BlockIdentifier
 
 from app.chain.client import ChainClient, ChainRejected
 from app.chain.reconcile import reconcile_confirmed
@@ -264,24 +263,32 @@ class TxWriter:
 
     async def _decide(self, registration: Registration, block: int, *, reverted: bool) -> None:
         """Confirmed when the contract binds the name to the address after `block`."""
-        bound = await self.registrar.addr_of(registration.name, block)
-        if bound == registration.addr:
+        bound, conflict = await self._chain_state(registration, block)
+        if bound:
             await self._confirm(registration.id, block)
             return
-        reason = await self._why_not(registration, block)
+        reason = conflict or "the registrar did not record the name"
         if reverted:
             reason = "transaction reverted; " + reason
         await self._fail(registration.id, reason, block)
 
-    async def _why_not(self, registration: Registration, block: BlockIdentifier) -> str:
-        bound = await self.registrar.addr_of(registration.name, block)
-        owner = await self.registrar.owner_of(registration.name, block)
-        if bound != ZERO_ADDRESS or owner != ZERO_ADDRESS:
-            return f"name taken on chain by 0x{bound}"
-        existing = await self.registrar.name_of(registration.addr, block)
-        if existing is not None:
-            return f"address already has the name {existing!r} on chain"
-        return "the registrar did not record the name"
+    async def _chain_state(
+        self, registration: Registration, block: int | str
+    ) -> tuple[bool, str | None]:
+        """(the chain binds the name to our address, why it cannot when something else
+        holds the name or the address), from one batch of reads at `block`."""
+        view = await self.registrar.view(
+            [registration.name], jami_id=registration.addr, block=block
+        )
+        record = view.records[0]
+        if record is not None and record.addr == registration.addr:
+            return True, None
+        if record is not None or view.owners[0] != ZERO_ADDRESS:
+            holder = record.addr if record is not None else ZERO_ADDRESS
+            return False, f"name taken on chain by 0x{holder}"
+        if view.reverse_name is not None:
+            return False, f"address already has the name {view.reverse_name!r} on chain"
+        return False, None
 
     async def _confirm(self, registration_id: int, block: int) -> None:
         async with session_scope(self.sessionmaker) as session, session.begin():
@@ -339,14 +346,13 @@ class TxWriter:
 
     async def _send(self, registration: Registration) -> bool:
         """Sign and send one registration; False when it was decided without a send."""
-        bound = await self.registrar.addr_of(registration.name)
-        if bound == registration.addr:
+        bound, conflict = await self._chain_state(registration, "latest")
+        if bound:
             # Already on chain (a restart after mining, or another writer did it).
             await self._confirm(registration.id, await self.client.block_number())
             return False
-        reason = await self._why_not(registration, "latest")
-        if reason != "the registrar did not record the name":
-            await self._fail(registration.id, reason, None)
+        if conflict is not None:
+            await self._fail(registration.id, conflict, None)
             return False
         data = self.registrar.reserve_for_data(
             name=registration.name,

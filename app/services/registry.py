@@ -390,7 +390,7 @@ class NameService:
         if any(owner != "0" * 40 for owner in view.owners):
             raise NameTaken()  # owned with no address: reserveFor would refuse it
         if view.reverse_name is not None:
-            record = await self._registrar().record(view.reverse_name)
+            record = (await self._registrar().records_at([view.reverse_name]))[0]
             if record is not None and record.addr == jami_id:
                 await self._fill(record)
             raise AddressHasName(name=view.reverse_name, addr=jami_id)
