@@ -89,8 +89,17 @@ def build_clique_genesis(
     signer_list = list(signers)
     if chain_id <= 0:
         raise GenesisError("the chain id must be a positive integer")
-    if period < 0 or epoch <= 0:
-        raise GenesisError("the period must be >= 0 and the epoch > 0")
+    if period < 1:
+        # Clique with period 0 seals only blocks that carry transactions, and geth takes no
+        # EIP-155 transaction before this schedule's block 3 (nor mines one): it never
+        # leaves block 0. The forks stay where the Jami chain has them, so that a private
+        # chain runs exactly the rules of network 1551.
+        raise GenesisError(
+            "--period must be at least 1 second: with period 0 and the Jami fork schedule "
+            "geth never seals past block 0"
+        )
+    if epoch <= 0:
+        raise GenesisError("the epoch must be > 0")
     if gas_limit < 5000:
         raise GenesisError("the gas limit must be at least 5000 (geth's minimum)")
     extra_data = clique_extra_data(signer_list)

@@ -203,6 +203,9 @@ def test_cli_genesis_several_signers_sorted_and_a_separate_payer() -> None:
         pytest.param(["--signer", "0x" + "g" * 40, "--chain-id", "5"], id="not-hex"),
         pytest.param(["--signer", SEALER, "--chain-id", "0"], id="zero-chain-id"),
         pytest.param(["--signer", SEALER, "--chain-id", "5", "--fund", "x"], id="bad-fund"),
+        # Period 0 seals only blocks with transactions, and geth takes no EIP-155
+        # transaction before the Jami schedule's block 3: the chain would stay at block 0.
+        pytest.param(["--signer", SEALER, "--chain-id", "5", "--period", "0"], id="period-0"),
     ],
 )
 def test_cli_genesis_refuses(args: list[str]) -> None:
@@ -210,6 +213,12 @@ def test_cli_genesis_refuses(args: list[str]) -> None:
     assert code == 2
     assert stdout == ""
     assert stderr
+
+
+def test_cli_genesis_period_0_error_names_the_setting() -> None:
+    code, _, stderr = run_genesis("--signer", SEALER, "--chain-id", "5", "--period", "0")
+    assert code == 2
+    assert "--period" in stderr and "block 0" in stderr
 
 
 def test_cli_genesis_needs_a_signer() -> None:
