@@ -130,8 +130,11 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Each API test runs once on an SQLite file and once on PostgreSQL."""
+def database_url(
+    request: pytest.FixtureRequest, node: ChainNode, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Each API test runs once on an SQLite file and once on PostgreSQL; one database per
+    chain node too (a database belongs to one chain)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jamins.sqlite3'}"
     postgres: PostgresServer = request.getfixturevalue("postgres")
