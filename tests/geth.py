@@ -157,7 +157,7 @@ class GethNode:
         return result.stderr
 
     def _init_datadir(self) -> None:
-        self._geth("init", str(self.genesis_file))
+        (self.workdir / "init.log").write_text(self._geth("init", str(self.genesis_file)))
         (self.workdir / "password").write_text(_PASSWORD + "\n")
         key_file = self.workdir / "sealer.key"
         key_file.write_text(self.sealer.key.hex().removeprefix("0x") + "\n")  # geth: no 0x
