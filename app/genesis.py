@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import rlp  # type: ignore[import-untyped]
+import rlp
 from eth_utils.crypto import keccak
 
 JAMI_CHAIN_ID = 1551
