@@ -17,6 +17,8 @@ from app.chain.client import ChainClient
 from app.names import InvalidName, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
+# Topic 0 of the event reserveFor emits when it binds a name to an address.
+PRIMARY_CHANGED = "0x" + keccak(text="PrimaryChanged(bytes32,address,address)").hex()
 
 
 @cache
@@ -157,6 +159,22 @@ class Registrar:
             touched[key] = max(touched.get(key, 0), int(log["blockNumber"], 16))
         return touched
 
+    def binds_in(self, receipt: Any, name: str, jami_id: str) -> bool:
+        """Whether the transaction of `receipt` bound `name` to `jami_id` on this registrar.
+
+        Decided from the receipt's logs alone (a node keeps receipts, not old states): the
+        registrar emits PrimaryChanged(name, addr, owner) exactly when it writes the
+        binding, and a refused reserveFor emits nothing and does not revert."""
+        name_topic = "0x" + to_bytes32(name).hex()
+        addr_topic = "0x" + "0" * 24 + jami_id
+        for log in receipt.get("logs") or []:
+            if _hex(log.get("address")) != self.address.lower() or log.get("removed"):
+                continue
+            topics = [_hex(topic) for topic in log.get("topics") or []]
+            if topics[:3] == [PRIMARY_CHANGED, name_topic, addr_topic]:
+                return True
+        return False
+
     def reserve_for_data(
         self, *, name: str, owner: str, jami_id: str, publickey: str, signature: str
     ) -> str:
@@ -167,6 +185,13 @@ class Registrar:
                 args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
             )
         )
+
+
+def _hex(value: Any) -> str:
+    """A topic or address as web3 or raw JSON-RPC gives it → lowercase 0x-hex."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value).lower()
 
 
 def _address_word(result: str) -> str:
