@@ -13,7 +13,8 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 
-from app.chain.client import ChainClient
+from app.chain.client import ChainClient, ChainRejected
+from app.errors import ChainUnavailable
 from app.names import InvalidName, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
@@ -114,7 +115,14 @@ class Registrar:
         if jami_id is not None:
             reverse_call = self._selector("name") + "0" * 24 + jami_id
             calls.append(("eth_call", [{"to": self.address, "data": reverse_call}, block_id]))
-        results = await self.client.rpc_batch(calls)
+        try:
+            results = await self.client.rpc_batch(calls)
+        except ChainRejected as exc:
+            # A read the node refused ("header not found", shutting down, pruned state)
+            # says nothing about the name: never "not registered".
+            raise ChainUnavailable(f"chain node refused a registrar read: {exc}") from exc
+        for result in results:
+            self._check_answer(result)
         records: list[ChainRecord | None] = []
         owners: list[str] = []
         for index, name in enumerate(names):
@@ -142,6 +150,16 @@ class Registrar:
                 except InvalidName:
                     reverse_name = None
         return ChainView(records=records, owners=owners, reverse_name=reverse_name)
+
+    def _check_answer(self, result: Any) -> None:
+        """Refuse what a registrar with code never answers: an empty or short result is
+        an address without code (a node still loading its state, reset, or on another
+        chain), which would read as "every name is free"."""
+        if not isinstance(result, str) or len(result) < 66 or (len(result) - 2) % 64:
+            raise ChainUnavailable(
+                f"the registrar at {self.address} answered {str(result)[:20]!r}: no contract "
+                "there on this node now (still loading, reset, or another chain)"
+            )
 
     async def touched_names(self, from_block: int, to_block: int) -> dict[bytes, int]:
         """Names (raw bytes32) that any registrar event touched in the range, each with the
