@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: serve test install lint bench postgres-binaries
+.PHONY: serve test install lint bench postgres-binaries test-tools
 
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
-test: install postgres-binaries
+test: install postgres-binaries test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
@@ -55,3 +55,10 @@ postgres-binaries:
 	  echo "installing the PostgreSQL server binaries (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py).
+test-tools:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
