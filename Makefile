@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: serve test install lint bench postgres-binaries test-tools
+.PHONY: serve test install lint bench postgres-binaries geth test-tools
 
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
-test: install postgres-binaries test-tools
+test: install postgres-binaries geth test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
@@ -55,6 +55,28 @@ postgres-binaries:
 	  echo "installing the PostgreSQL server binaries (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# geth 1.13.15, the Jami chain's node, built from the Go module proxy into .geth/ (ignored)
+# for the tests' geth suites; reused while `geth version` says $(GETH_VERSION). geth 1.13
+# does not link with Go >= 1.23 (fjl/memsize), so the go command fetches the Go 1.21
+# toolchain as a module (GOTOOLCHAIN). Without Go the geth suites are reported as skipped,
+# except in CI (CI=true), where a missing geth is an error.
+GETH_VERSION := 1.13.15
+GETH_DIR := .geth
+GETH := $(GETH_DIR)/bin/geth
+GO ?= $(shell command -v go || { test -x /usr/local/go/bin/go && echo /usr/local/go/bin/go; })
+geth:
+	@if [ -x $(GETH) ] && $(GETH) version 2>/dev/null | grep -qx 'Version: $(GETH_VERSION)-stable'; then \
+	  exit 0; \
+	elif [ -z "$(GO)" ]; then \
+	  if [ "$$CI" = true ]; then echo "geth: Go is needed to build geth $(GETH_VERSION) for the geth suites (CI=true)"; exit 1; fi; \
+	  echo "geth: no Go toolchain (https://go.dev/dl/): the geth suites will be skipped"; \
+	else \
+	  echo "building geth $(GETH_VERSION) into $(GETH) (first time about 1.5 min on 2 cores, plus ~0.8 GB of downloads)"; \
+	  GOTOOLCHAIN=go1.21.13 CGO_ENABLED=0 GOFLAGS=-modcacherw GOBIN=$(abspath $(GETH_DIR))/bin \
+	    $(GO) install -trimpath github.com/ethereum/go-ethereum/cmd/geth@v$(GETH_VERSION) || exit 1; \
+	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
+	fi
 
 # Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py).
 test-tools:
