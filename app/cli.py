@@ -311,6 +311,14 @@ def import_names(
     cache_only: Annotated[
         bool, typer.Option("--cache-only", help="Load the SQL cache only; write nothing on chain.")
     ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Take records whose key does not hash to addr or whose signature is not "
+            "over the name (checked by default).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Register the records of a names.json on the chain (resumable), or preload the cache."""
@@ -318,7 +326,7 @@ def import_names(
 
     settings = load_settings(data_dir=data_dir)
     configure_logging("warning", settings.log_format)
-    run_import(settings, file, cache_only)
+    run_import(settings, file, cache_only, verify=not no_verify)
 
 
 def main() -> None:
