@@ -78,9 +78,10 @@ geth:
 	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
 	fi
 
-# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py).
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py)
+# and Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py).
 test-tools:
-	@command -v chromium >/dev/null || { \
-	  echo "installing chromium (apt-get)"; \
+	@command -v chromium >/dev/null && command -v caddy >/dev/null || { \
+	  echo "installing chromium and caddy (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium caddy >/dev/null; }
