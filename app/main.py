@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.admission import Admission
+from app.api.docs import serve_offline_docs
 from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
@@ -406,6 +407,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(ops_router)
+    serve_offline_docs(app)
     app.state.metrics = Metrics(app)
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
