@@ -149,8 +149,12 @@ class NameService:
         registrations_enabled: bool,
         lookup_cache_seconds: float = 0,
         admission: Admission | None = None,
+        owner_address: str | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Who owns the records this server writes on chain: its signer (40 hex). Nothing
+        # proves the body's `owner`, and the owner may disown, transfer or re-point a name.
+        self.owner_address = (owner_address or "").lower().removeprefix("0x") or None
         self.admission = admission
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
@@ -275,7 +279,8 @@ class NameService:
         except names.InvalidAddress as exc:
             raise InvalidAddress() from exc
         try:
-            owner = names.normalize_owner(request.owner)
+            # Checked for compatibility, never used: see `owner_address`.
+            names.normalize_owner(request.owner)
         except names.InvalidAddress as exc:
             raise BadRequest("invalid owner") from exc
         try:
@@ -293,6 +298,9 @@ class NameService:
             raise RegistrationsDisabled()
         if self.registrations_paused is not None:
             raise ServiceUnavailable(self.registrations_paused)
+        if self.owner_address is None:
+            raise RegistrationsDisabled()
+        owner = self.owner_address
 
         if await self._check_sql(folded, jami_id, name):
             return  # the same binding already exists: idempotent
