@@ -206,6 +206,7 @@ def test_lookup_addr_malformed_is_400(http: httpx.Client, addr: str) -> None:
 # -- registration -------------------------------------------------------------------------
 
 
+@pytest.mark.nodes("anvil", "geth")
 def test_register_captured_jamid_body_confirms_on_chain(
     http: httpx.Client, server: ServerProcess
 ) -> None:

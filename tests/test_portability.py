@@ -36,7 +36,7 @@ def jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "JAMINS_CONFIRMATIONS": "0", **env},
+        env={"PATH": "/usr/bin:/bin", "JAMINS_ENV_FILE": "", "JAMINS_CONFIRMATIONS": "0", **env},
         capture_output=True,
         text=True,
         timeout=300,
