@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -33,6 +33,18 @@ class NameRecord(Base):
     """A name as lookups see it: read from the chain, or accepted here and still pending."""
 
     __tablename__ = "names"
+    __table_args__ = (
+        # Two registrations that passed the look-alike check at the same instant cannot
+        # both be stored: a second pending name with a skeleton is refused (the registry
+        # answers 409). Only pending rows: names already on the chain may collide.
+        Index(
+            "ix_names_pending_skeleton",
+            "skeleton",
+            unique=True,
+            sqlite_where=text("pending"),
+            postgresql_where=text("pending"),
+        ),
+    )
 
     # The exact on-chain string (the bytes32 key), which is also what was signed.
     name: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -5,6 +5,10 @@ has seen on the chain (the indexer follows the registrar's events; lookups fill 
 The chain itself cannot be asked: the contract finds a name by its exact bytes, not by what
 it looks like. A name written on the chain by someone else and not yet indexed is therefore
 not seen here, for the few seconds until the indexer catches up.
+
+Two look-alike registrations checked at the same instant both pass this check; the unique
+index over the skeletons of pending names (app/models.py) then refuses the second insert,
+which the registry answers as taken.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Revises: 0002
 Create Date: 2026-11-29 20:30:00.000000
 
 Existing rows are backfilled with app.names.name_skeleton, the function new rows get it
-from (app/models.py). Names that already collide keep their rows: the index is not unique.
+from (app/models.py). Names that already collide keep their rows: the index is not unique,
+except among pending rows (ix_names_pending_skeleton), where it stops two look-alike
+registrations accepted at the same instant.
 """
 
 from __future__ import annotations
@@ -57,9 +59,17 @@ def upgrade() -> None:
     with op.batch_alter_table("names", schema=None) as batch_op:
         batch_op.alter_column("skeleton", existing_type=sa.Text(), nullable=False)
         batch_op.create_index(batch_op.f("ix_names_skeleton"), ["skeleton"], unique=False)
+        batch_op.create_index(
+            "ix_names_pending_skeleton",
+            ["skeleton"],
+            unique=True,
+            sqlite_where=sa.text("pending"),
+            postgresql_where=sa.text("pending"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("names", schema=None) as batch_op:
+        batch_op.drop_index("ix_names_pending_skeleton")
         batch_op.drop_index(batch_op.f("ix_names_skeleton"))
         batch_op.drop_column("skeleton")
