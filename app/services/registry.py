@@ -44,6 +44,7 @@ from app.errors import (
 )
 from app.models import PENDING, NameRecord, Registration
 from app.services.hot_cache import HotCache
+from app.services.lookalikes import lookalike_taken
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +333,8 @@ class NameService:
             return  # the same binding already exists: idempotent
         if await self._check_chain(name, folded, jami_id):
             return
+        if await lookalike_taken(self.sessionmaker, name):
+            raise NameTaken()  # same UTS #39 skeleton as a taken name (README "Name policy")
         if self.admission is not None:
             # Only registrations that would join the queue count: a retry of an accepted
             # one, or a 403/409, costs the chain nothing.
