@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: serve test install lint bench postgres-binaries geth
+.PHONY: serve test install lint bench postgres-binaries geth test-tools
 
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
-test: install postgres-binaries geth
+test: install postgres-binaries geth test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
@@ -29,10 +29,9 @@ $(PY_STAMP): pyproject.toml
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "npm is needed (Node.js 18+): apt-get install nodejs npm"; exit 1; }
-	# Not `npm ci`: npm 11 leaves the other platforms' anvil binaries out of the lock file
-	# and then refuses it; `npm install` still installs exactly the locked versions.
-	npm install --no-audit --no-fund --loglevel=error
+	@command -v npm >/dev/null || { echo "npm is needed (Node.js 20+): apt-get install nodejs npm"; exit 1; }
+	# `npm ci`: exactly the lock file, which it never rewrites (the tree stays clean).
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The benchmarks of BENCHMARKS.md (about 20 minutes: memory runs MINUTES=10 of load). Each
@@ -78,3 +77,11 @@ geth:
 	    $(GO) install -trimpath github.com/ethereum/go-ethereum/cmd/geth@v$(GETH_VERSION) || exit 1; \
 	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
 	fi
+
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py)
+# and Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py).
+test-tools:
+	@command -v chromium >/dev/null && command -v caddy >/dev/null || { \
+	  echo "installing chromium and caddy (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium caddy >/dev/null; }

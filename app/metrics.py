@@ -245,6 +245,10 @@ async def readiness(app: FastAPI, settings: Settings) -> Readiness:
     if lag > settings.ready_max_lag_blocks:
         indexer = f"{lag} blocks behind (more than {settings.ready_max_lag_blocks})"
     checks = {"database": database, "chain": chain, "indexer": indexer}
+    # A writer that cannot make progress leaves accepted registrations unsent.
+    problem = getattr(current_writer(app), "problem", None)
+    writer_problem = problem() if callable(problem) else None
+    checks["writer"] = writer_problem or "ok"
     ready = all(value == "ok" for value in checks.values())
     return Readiness(ready=ready, checks=checks, head_block=head, indexer_lag=lag)
 

@@ -20,10 +20,21 @@ import pytest
 from eth_account import Account
 
 from app.chain.anvil import AnvilNode, find_anvil, fund
+from app.settings import Settings
 from tests.geth import GethNode, GethNotFound, find_geth
 from tests.jami_keys import JamiAccount, account_pool
 from tests.pg import PostgresServer
 from tests.server import ServerProcess
+
+# The suite sets every setting it needs itself: an operator's .env (in the repository, where
+# the compose steps put it) and the JAMINS_* variables of their shell never reach it, in
+# this process or in the jamins processes it starts (they inherit JAMINS_ENV_FILE).
+# JAMINS_ANVIL_PATH only says where the tool is.
+for _key in [key for key in os.environ if key.startswith("JAMINS_")]:
+    if _key != "JAMINS_ANVIL_PATH":
+        del os.environ[_key]
+os.environ["JAMINS_ENV_FILE"] = ""
+Settings.model_config["env_file"] = None
 
 BACKENDS = ["sqlite", "postgresql"]
 _name_counter = itertools.count()

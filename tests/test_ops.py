@@ -95,7 +95,7 @@ def test_readyz_ready(http: httpx.Client) -> None:
     assert answer.status_code == 200
     body = answer.json()
     assert body["status"] == "ready"
-    assert body["checks"] == {"database": "ok", "chain": "ok", "indexer": "ok"}
+    assert body["checks"] == {"database": "ok", "chain": "ok", "indexer": "ok", "writer": "ok"}
     assert isinstance(body["head_block"], int)
     assert body["indexer_lag"] >= 0
 
