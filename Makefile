@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: serve test install lint bench postgres-binaries
+.PHONY: serve test install lint bench postgres-binaries geth test-tools
 
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
-test: install postgres-binaries
+test: install postgres-binaries geth test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
@@ -29,10 +29,9 @@ $(PY_STAMP): pyproject.toml
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "npm is needed (Node.js 18+): apt-get install nodejs npm"; exit 1; }
-	# Not `npm ci`: npm 11 leaves the other platforms' anvil binaries out of the lock file
-	# and then refuses it; `npm install` still installs exactly the locked versions.
-	npm install --no-audit --no-fund --loglevel=error
+	@command -v npm >/dev/null || { echo "npm is needed (Node.js 20+): apt-get install nodejs npm"; exit 1; }
+	# `npm ci`: exactly the lock file, which it never rewrites (the tree stays clean).
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The benchmarks of BENCHMARKS.md (about 20 minutes: memory runs MINUTES=10 of load). Each
@@ -56,3 +55,33 @@ postgres-binaries:
 	  echo "installing the PostgreSQL server binaries (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# geth 1.13.15, the Jami chain's node, built from the Go module proxy into .geth/ (ignored)
+# for the tests' geth suites; reused while `geth version` says $(GETH_VERSION). geth 1.13
+# does not link with Go >= 1.23 (fjl/memsize), so the go command fetches the Go 1.21
+# toolchain as a module (GOTOOLCHAIN). Without Go the geth suites are reported as skipped,
+# except in CI (CI=true), where a missing geth is an error.
+GETH_VERSION := 1.13.15
+GETH_DIR := .geth
+GETH := $(GETH_DIR)/bin/geth
+GO ?= $(shell command -v go || { test -x /usr/local/go/bin/go && echo /usr/local/go/bin/go; })
+geth:
+	@if [ -x $(GETH) ] && $(GETH) version 2>/dev/null | grep -qx 'Version: $(GETH_VERSION)-stable'; then \
+	  exit 0; \
+	elif [ -z "$(GO)" ]; then \
+	  if [ "$$CI" = true ]; then echo "geth: Go is needed to build geth $(GETH_VERSION) for the geth suites (CI=true)"; exit 1; fi; \
+	  echo "geth: no Go toolchain (https://go.dev/dl/): the geth suites will be skipped"; \
+	else \
+	  echo "building geth $(GETH_VERSION) into $(GETH) (first time about 1.5 min on 2 cores, plus ~0.8 GB of downloads)"; \
+	  GOTOOLCHAIN=go1.21.13 CGO_ENABLED=0 GOFLAGS=-modcacherw GOBIN=$(abspath $(GETH_DIR))/bin \
+	    $(GO) install -trimpath github.com/ethereum/go-ethereum/cmd/geth@v$(GETH_VERSION) || exit 1; \
+	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
+	fi
+
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py)
+# and Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py).
+test-tools:
+	@command -v chromium >/dev/null && command -v caddy >/dev/null || { \
+	  echo "installing chromium and caddy (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium caddy >/dev/null; }

@@ -1,6 +1,6 @@
 """The error tree: each error carries its HTTP status and body; one handler renders them.
 
-Status codes follow ../shared/spec/PROTOCOL.md §1.1: a Jami client reads 401-499 on a
+Status codes follow docs/PROTOCOL.md §1.1: a Jami client reads 401-499 on a
 lookup as "this name is free" and 403/409 on a registration as "taken", so every
 transient failure is a 503, never a 4xx.
 """

@@ -9,8 +9,11 @@ also reads as Petersburg when `petersburgBlock` is absent, so a registrar built 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import rlp
+from eth_utils.crypto import keccak
 
 JAMI_CHAIN_ID = 1551
 JAMI_SIGNERS = (
@@ -89,8 +92,17 @@ def build_clique_genesis(
     signer_list = list(signers)
     if chain_id <= 0:
         raise GenesisError("the chain id must be a positive integer")
-    if period < 0 or epoch <= 0:
-        raise GenesisError("the period must be >= 0 and the epoch > 0")
+    if period < 1:
+        # Clique with period 0 seals only blocks that carry transactions, and geth takes no
+        # EIP-155 transaction before this schedule's block 3 (nor mines one): it never
+        # leaves block 0. The forks stay where the Jami chain has them, so that a private
+        # chain runs exactly the rules of network 1551.
+        raise GenesisError(
+            "--period must be at least 1 second: with period 0 and the Jami fork schedule "
+            "geth never seals past block 0"
+        )
+    if epoch <= 0:
+        raise GenesisError("the epoch must be > 0")
     if gas_limit < 5000:
         raise GenesisError("the gas limit must be at least 5000 (geth's minimum)")
     extra_data = clique_extra_data(signer_list)
@@ -129,3 +141,101 @@ def signers_of(genesis: dict[str, Any]) -> list[str]:
     if len(extra) < EXTRA_VANITY_BYTES + EXTRA_SEAL_BYTES or len(body) % 20:
         raise GenesisError("extraData is not 32 bytes + 20 bytes per signer + 65 bytes")
     return ["0x" + body[index : index + 20].hex() for index in range(0, len(body), 20)]
+
+
+# -- the genesis block hash, as geth computes it ------------------------------------------
+
+_EMPTY_TRIE_ROOT = keccak(rlp.encode(b""))
+_EMPTY_CODE_HASH = keccak(b"")
+_EMPTY_UNCLES_HASH = keccak(rlp.encode([]))
+
+
+def _hex_bytes(value: str) -> bytes:
+    text = value.removeprefix("0x")
+    return bytes.fromhex(text if len(text) % 2 == 0 else "0" + text)
+
+
+def _hex_int(value: str | int) -> int:
+    return value if isinstance(value, int) else int(str(value), 16)
+
+
+def _compact(nibbles: Sequence[int], *, leaf: bool) -> bytes:
+    """The hex-prefix encoding of a trie path (Yellow Paper appendix C)."""
+    flag = 2 if leaf else 0
+    packed = [flag + 1, *nibbles] if len(nibbles) % 2 else [flag, 0, *nibbles]
+    return bytes(packed[i] * 16 + packed[i + 1] for i in range(0, len(packed), 2))
+
+
+def _node_ref(node: Any) -> Any:
+    """How a parent refers to `node`: inline when its RLP is short, else by its hash."""
+    encoded = rlp.encode(node)
+    return node if len(encoded) < 32 else keccak(encoded)
+
+
+def _trie_node(pairs: list[tuple[tuple[int, ...], bytes]]) -> Any:
+    """The Merkle-Patricia node holding `pairs` (distinct paths of equal length)."""
+    if len(pairs) == 1:
+        path, value = pairs[0]
+        return [_compact(path, leaf=True), value]
+    prefix_length = 0
+    first = pairs[0][0]
+    while all(path[prefix_length] == first[prefix_length] for path, _ in pairs):
+        prefix_length += 1
+    if prefix_length:
+        rest = [(path[prefix_length:], value) for path, value in pairs]
+        return [_compact(first[:prefix_length], leaf=False), _node_ref(_trie_node(rest))]
+    branch: list[Any] = [b""] * 17
+    for nibble in range(16):
+        group = [(path[1:], value) for path, value in pairs if path[0] == nibble]
+        if group:
+            branch[nibble] = _node_ref(_trie_node(group))
+    return branch
+
+
+def state_root(alloc: dict[str, Any]) -> bytes:
+    """The state root of a genesis alloc of plain accounts (balance and nonce only)."""
+    pairs = []
+    for address, account in alloc.items():
+        if account.get("code") or account.get("storage"):
+            raise GenesisError("state_root handles accounts without code or storage only")
+        key = keccak(_hex_bytes(address))
+        value = rlp.encode(
+            [
+                _hex_int(account.get("nonce", 0)),
+                _hex_int(account.get("balance", 0)),
+                _EMPTY_TRIE_ROOT,
+                _EMPTY_CODE_HASH,
+            ]
+        )
+        pairs.append((tuple(nibble for byte in key for nibble in divmod(byte, 16)), value))
+    if not pairs:
+        return _EMPTY_TRIE_ROOT
+    return keccak(rlp.encode(_trie_node(sorted(pairs))))
+
+
+def genesis_hash(genesis: dict[str, Any]) -> str:
+    """The hash of block 0 geth writes for `genesis` (pre-London: the 15-field header).
+
+    Lets an operator check a node's block 0 against the genesis file without running geth.
+    """
+    config = genesis["config"]
+    if any(key in config for key in ("londonBlock", "shanghaiTime", "cancunTime")):
+        raise GenesisError("genesis_hash handles pre-London genesis files only")
+    header = [
+        _hex_bytes(genesis.get("parentHash", ZERO_HASH)),
+        _EMPTY_UNCLES_HASH,
+        _hex_bytes(genesis.get("coinbase", ZERO_ADDRESS)),
+        state_root(genesis.get("alloc", {})),
+        _EMPTY_TRIE_ROOT,  # transactions
+        _EMPTY_TRIE_ROOT,  # receipts
+        bytes(256),  # logs bloom
+        _hex_int(genesis.get("difficulty", "0x0")),
+        _hex_int(genesis.get("number", "0x0")),
+        _hex_int(genesis["gasLimit"]),
+        _hex_int(genesis.get("gasUsed", "0x0")),
+        _hex_int(genesis.get("timestamp", "0x0")),
+        _hex_bytes(genesis.get("extraData", "0x")),
+        _hex_bytes(genesis.get("mixHash", ZERO_HASH)),
+        _hex_int(genesis.get("nonce", "0x0")).to_bytes(8, "big"),
+    ]
+    return "0x" + keccak(rlp.encode(header)).hex()

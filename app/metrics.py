@@ -266,6 +266,10 @@ async def readiness(app: FastAPI, settings: Settings) -> Readiness:
         "indexer": indexer,
         "background": check_background(app),
     }
+    # A writer that cannot make progress leaves accepted registrations unsent.
+    problem = getattr(current_writer(app), "problem", None)
+    writer_problem = problem() if callable(problem) else None
+    checks["writer"] = writer_problem or "ok"
     ready = all(value == "ok" for value in checks.values())
     return Readiness(ready=ready, checks=checks, head_block=head, indexer_lag=lag)
 

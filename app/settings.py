@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,11 @@ class Settings(BaseSettings):
     """The server's configuration. Tests build it explicitly; `jamins` reads the environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="JAMINS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="JAMINS_",
+        # JAMINS_ENV_FILE names another settings file; empty: none (the test suite).
+        env_file=os.environ.get("JAMINS_ENV_FILE", ".env") or None,
+        env_file_encoding="utf-8",
+        extra="ignore",
     )
 
     data_dir: Path = Field(
@@ -206,6 +211,12 @@ class Settings(BaseSettings):
         if value.lower() not in LOG_LEVELS:
             raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
         return value.lower()
+
+    @field_validator("data_dir", "signer_key_file", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        # No shell expands `~` in a .env file: it would name a folder called `~`.
+        return value.expanduser() if value is not None else None
 
     @field_validator("path_prefix")
     @classmethod

@@ -1,4 +1,10 @@
-"""Shared fixtures: a real anvil node, a real PostgreSQL server, a real jamins process."""
+"""Shared fixtures: a real chain node (anvil, or geth 1.13.15), a real PostgreSQL server, a
+real jamins process.
+
+`node` is the chain node a test runs on: anvil unless the test (or its module) is marked
+`@pytest.mark.nodes("anvil", "geth")`, which runs it once on each. The geth runs are skipped
+with one reason when no geth 1.13.15 is built (`make geth`), and fail instead in CI.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,28 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
 
 from app.chain.anvil import AnvilNode, find_anvil, fund
+from app.settings import Settings
+from tests.geth import GethNode, GethNotFound, find_geth
 from tests.jami_keys import JamiAccount, account_pool
 from tests.pg import PostgresServer
 from tests.server import ServerProcess
+
+# The suite sets every setting it needs itself: an operator's .env (in the repository, where
+# the compose steps put it) and the JAMINS_* variables of their shell never reach it, in
+# this process or in the jamins processes it starts (they inherit JAMINS_ENV_FILE).
+# JAMINS_ANVIL_PATH only says where the tool is.
+for _key in [key for key in os.environ if key.startswith("JAMINS_")]:
+    if _key != "JAMINS_ANVIL_PATH":
+        del os.environ[_key]
+os.environ["JAMINS_ENV_FILE"] = ""
+Settings.model_config["env_file"] = None
 
 BACKENDS = ["sqlite", "postgresql"]
 _name_counter = itertools.count()
@@ -39,9 +58,75 @@ def anvil(anvil_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield node
 
 
-def funded_key(anvil: AnvilNode) -> str:
+ChainNode = AnvilNode | GethNode
+NODE_KINDS = ("anvil", "geth")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Give `node` the kinds the closest `nodes` marker names (default: anvil only)."""
+    marker = metafunc.definition.get_closest_marker("nodes")
+    if marker is None or "node" not in metafunc.fixturenames:
+        return  # `node` is anvil
+    kinds = marker.args
+    unknown = set(kinds) - set(NODE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown node kinds {sorted(unknown)}")
+    metafunc.parametrize("node", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def node(request: pytest.FixtureRequest) -> ChainNode:
+    """The chain node of this run: the session's anvil or the session's archive geth."""
+    kind = getattr(request, "param", "anvil")
+    chain_node: ChainNode = request.getfixturevalue(kind)
+    return chain_node
+
+
+_GETH_SKIP = "geth suites not run: "
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line when the geth runs were skipped, so that they are never taken as passed."""
+    reasons = {
+        str(report.longrepr[2]).removeprefix("Skipped: ")
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and _GETH_SKIP in str(report.longrepr[2])
+    }
+    count = sum(
+        1
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and _GETH_SKIP in str(report.longrepr[2])
+    )
+    for reason in sorted(reasons):
+        terminalreporter.write_line(f"{count} geth test runs skipped: {reason}", yellow=True)
+
+
+@pytest.fixture(scope="session")
+def geth_binary() -> str:
+    try:
+        return find_geth()
+    except GethNotFound as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc} (CI=true: the geth suites must run)")
+        pytest.skip(f"{_GETH_SKIP}{exc}")
+
+
+@pytest.fixture(scope="session")
+def geth(geth_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GethNode]:
+    """One archive geth 1.13.15 sealing a private Clique chain (period 1, Jami forks),
+    already past its Constantinople block."""
+    with GethNode(tmp_path_factory.mktemp("geth"), binary=geth_binary) as chain_node:
+        yield chain_node
+
+
+def funded_key(chain_node: ChainNode) -> str:
+    """A new key holding 10^24 wei on `chain_node`."""
     key = "0x" + secrets.token_hex(32)
-    fund(anvil.url, Account.from_key(key).address, 10**24)
+    address = Account.from_key(key).address
+    if isinstance(chain_node, GethNode):
+        chain_node.fund(address, 10**24)
+    else:
+        fund(chain_node.url, address, 10**24)
     return key
 
 
@@ -56,8 +141,11 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Each API test runs once on an SQLite file and once on PostgreSQL."""
+def database_url(
+    request: pytest.FixtureRequest, node: ChainNode, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Each API test runs once on an SQLite file and once on PostgreSQL; one database per
+    chain node too (a database belongs to one chain)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jamins.sqlite3'}"
     postgres: PostgresServer = request.getfixturevalue("postgres")
@@ -66,15 +154,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def server(
-    anvil: AnvilNode, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    node: ChainNode, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """`jamins serve` on the shared node, deploying its own registrar, with this database."""
     process = ServerProcess(
         data_dir=tmp_path_factory.mktemp("server"),
         env={
-            "JAMINS_RPC_URL": anvil.url,
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_CHAIN_ID": str(node.chain_id),
             "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": funded_key(anvil),
+            "JAMINS_SIGNER_KEY": funded_key(node),
             "JAMINS_DATABASE_URL": database_url,
             "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
         },

@@ -86,7 +86,7 @@ def account_pool(n: int) -> list[JamiAccount]:
 
 
 CAPTURED_NAME = "rawname2"
-CAPTURED_REQUESTS_PATH = Path(__file__).parents[1].parent / "shared/spec/captured-requests.txt"
+CAPTURED_REQUESTS_PATH = Path(__file__).parent / "data" / "captured-requests.txt"
 
 # The body a real jamid 13.7.0 sent to register "rawname2" (from captured-requests.txt).
 EMBEDDED_CAPTURED_BODY: dict[str, str] = {
@@ -131,6 +131,4 @@ def read_captured_body(path: Path = CAPTURED_REQUESTS_PATH) -> dict[str, str]:
     return body
 
 
-CAPTURED_BODY: dict[str, str] = (
-    read_captured_body() if CAPTURED_REQUESTS_PATH.is_file() else dict(EMBEDDED_CAPTURED_BODY)
-)
+CAPTURED_BODY: dict[str, str] = read_captured_body()

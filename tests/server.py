@@ -43,6 +43,8 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if not key.startswith("JAMINS_")}
         env.update(self.env)
+        # An operator's .env in the repository (the compose steps put one there) is theirs.
+        env.setdefault("JAMINS_ENV_FILE", "")
         env.setdefault("JAMINS_LOG_LEVEL", "info")
         # The tests' nodes mine a block per transaction and no other: waiting for blocks
         # on top of a registration would wait for ever. Tests of depth set it themselves.

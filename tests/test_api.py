@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_account import Account
 from web3 import Web3
 
 from app.chain.anvil import AnvilNode, rpc
@@ -138,13 +139,16 @@ def test_lookup_no_redirect_on_trailing_slash(http: httpx.Client) -> None:
 
 
 def test_lookup_extras_answer_owner_key_and_signature(
-    http: httpx.Client, new_account: AccountSupply
+    server: ServerProcess, http: httpx.Client, new_account: AccountSupply
 ) -> None:
     account = new_account()
     name = unique_name("extra")
-    owner = secrets.token_hex(20)
-    assert register(http, name, account.registration_body(name, owner=owner)).status_code == 200
-    assert http.get(f"/name/{name}/owner").json() == {"name": name, "owner": "0x" + owner}
+    claimed_owner = secrets.token_hex(20)
+    body = account.registration_body(name, owner=claimed_owner)
+    assert register(http, name, body).status_code == 200
+    # The body's owner proves nothing: the server's signer owns what it writes (README).
+    signer = Account.from_key(server.env["JAMINS_SIGNER_KEY"]).address.lower()
+    assert http.get(f"/name/{name}/owner").json() == {"name": name, "owner": signer}
     assert http.get(f"/name/{name.upper()}/publickey").json() == {
         "name": name,
         "publickey": account.publickey_b64,
@@ -206,6 +210,7 @@ def test_lookup_addr_malformed_is_400(http: httpx.Client, addr: str) -> None:
 # -- registration -------------------------------------------------------------------------
 
 
+@pytest.mark.nodes("anvil", "geth")
 def test_register_captured_jamid_body_confirms_on_chain(
     http: httpx.Client, server: ServerProcess
 ) -> None:
@@ -234,6 +239,47 @@ def test_register_taken_name_is_409(http: httpx.Client, new_account: AccountSupp
     answer = register(http, name, second.registration_body(name))
     assert answer.status_code == 409
     assert answer.json() == {"success": False, "error": "name already taken"}
+
+
+def _lookalike_pair() -> tuple[str, str]:
+    """A fresh ASCII name and its all-Cyrillic look-alike (same digits on both)."""
+    digits = f"{secrets.randbelow(10**8):08d}"
+    return "paypal" + digits, "\u0440\u0430\u0443\u0440\u0430\u04cf" + digits
+
+
+def test_register_lookalike_of_taken_name_is_409(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    latin, cyrillic = _lookalike_pair()
+    first, second = new_account(), new_account()
+    assert register(http, latin, first.registration_body(latin)).status_code == 200
+    answer = register(http, cyrillic, second.registration_body(cyrillic))
+    assert answer.status_code == 409
+    assert answer.json() == {"success": False, "error": "name already taken"}
+    # Lookups stay exact: the original resolves, the look-alike is a free name.
+    assert http.get(f"/name/{latin}").json()["name"] == latin
+    assert http.get(f"/name/{cyrillic}").status_code == 404
+
+
+def test_register_ascii_name_after_its_lookalike_is_409(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    latin, cyrillic = _lookalike_pair()
+    first, second = new_account(), new_account()
+    assert register(http, cyrillic, first.registration_body(cyrillic)).status_code == 200
+    assert register(http, latin, second.registration_body(latin)).status_code == 409
+
+
+def test_register_lookalike_of_name_registered_on_chain_is_409(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str, new_account: AccountSupply
+) -> None:
+    """A name written straight to the contract counts once SQL has it (here from a lookup;
+    the indexer brings it too)."""
+    latin, cyrillic = _lookalike_pair()
+    DirectWriter(anvil, contract_address).reserve_for(latin, secrets.token_hex(20))
+    assert http.get(f"/name/{latin}").status_code == 200
+    account = new_account()
+    assert register(http, cyrillic, account.registration_body(cyrillic)).status_code == 409
 
 
 def test_register_second_name_for_address_is_403(

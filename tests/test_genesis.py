@@ -14,12 +14,18 @@ from app.genesis import (
     GenesisError,
     build_clique_genesis,
     clique_extra_data,
+    genesis_hash,
     jami_genesis,
     signers_of,
 )
+from tests.geth import GethNode
 
 GENESIS_DIR = Path(__file__).resolve().parents[1] / "genesis"
 ZERO32 = "0x" + "00" * 32
+# Block 0 of network 1551 as geth 1.13.15 writes it from genesis/1551.json (checked with
+# `geth init` in test_geth_init_public_genesis_gives_the_pinned_hash).
+JAMI_GENESIS_HASH = "0x0af63ba6b1ffac5ea4aac146bb653517df622e6ebf2a59d6e8def2533e8b061b"
+JAMI_STATE_ROOT = "0x9162a309c102f46accebe14538d731cafd5c272d37a27897df3960924449b351"
 
 # PROTOCOL.md §6, copied by hand: the tests must not take these from app/genesis.py.
 SPEC_SIGNERS = [
@@ -203,6 +209,9 @@ def test_cli_genesis_several_signers_sorted_and_a_separate_payer() -> None:
         pytest.param(["--signer", "0x" + "g" * 40, "--chain-id", "5"], id="not-hex"),
         pytest.param(["--signer", SEALER, "--chain-id", "0"], id="zero-chain-id"),
         pytest.param(["--signer", SEALER, "--chain-id", "5", "--fund", "x"], id="bad-fund"),
+        # Period 0 seals only blocks with transactions, and geth takes no EIP-155
+        # transaction before the Jami schedule's block 3: the chain would stay at block 0.
+        pytest.param(["--signer", SEALER, "--chain-id", "5", "--period", "0"], id="period-0"),
     ],
 )
 def test_cli_genesis_refuses(args: list[str]) -> None:
@@ -210,6 +219,12 @@ def test_cli_genesis_refuses(args: list[str]) -> None:
     assert code == 2
     assert stdout == ""
     assert stderr
+
+
+def test_cli_genesis_period_0_error_names_the_setting() -> None:
+    code, _, stderr = run_genesis("--signer", SEALER, "--chain-id", "5", "--period", "0")
+    assert code == 2
+    assert "--period" in stderr and "block 0" in stderr
 
 
 def test_cli_genesis_needs_a_signer() -> None:
@@ -230,3 +245,46 @@ def test_build_refuses_no_signers() -> None:
 def test_signers_of_refuses_a_short_extra_data() -> None:
     with pytest.raises(GenesisError):
         signers_of({"extraData": "0x" + "00" * 40})
+
+
+# -- the genesis hash ---------------------------------------------------------------------
+
+
+def test_public_genesis_hash_computed_without_geth(public_genesis: dict[str, Any]) -> None:
+    assert genesis_hash(public_genesis) == JAMI_GENESIS_HASH
+    # SFL's file writes addresses in mixed case and alloc keys without 0x: same block.
+    assert genesis_hash(jami_genesis()) == JAMI_GENESIS_HASH
+
+
+def test_genesis_hash_follows_every_header_field(public_genesis: dict[str, Any]) -> None:
+    changed = {**public_genesis, "timestamp": hex(int(public_genesis["timestamp"], 16) + 1)}
+    assert genesis_hash(changed) != JAMI_GENESIS_HASH
+    richer = json.loads(json.dumps(public_genesis))
+    first = next(iter(richer["alloc"]))
+    richer["alloc"][first]["balance"] = "0x1"
+    assert genesis_hash(richer) != JAMI_GENESIS_HASH
+
+
+def test_geth_init_public_genesis_gives_the_pinned_hash(geth_binary: str, tmp_path: Path) -> None:
+    node = GethNode(
+        tmp_path,
+        binary=geth_binary,
+        chain_id=1551,
+        genesis_file=GENESIS_DIR / "1551.json",
+        mine=False,
+    )
+    assert "hash=0af63b..8b061b" in (tmp_path / "init.log").read_text()
+    node.start()
+    try:
+        block = node.rpc("eth_getBlockByNumber", ["0x0", False])
+    finally:
+        node.stop()
+    assert block["hash"] == JAMI_GENESIS_HASH
+    assert block["stateRoot"] == JAMI_STATE_ROOT
+
+
+def test_geth_accepts_jamins_genesis_with_the_computed_hash(geth: GethNode) -> None:
+    # The session's geth runs on a genesis `jamins genesis` wrote, and seals on it.
+    assert geth.block_number() >= 5
+    block = geth.rpc("eth_getBlockByNumber", ["0x0", False])
+    assert block["hash"] == genesis_hash(geth.genesis)

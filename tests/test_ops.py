@@ -100,6 +100,7 @@ def test_readyz_ready(http: httpx.Client) -> None:
         "chain": "ok",
         "indexer": "ok",
         "background": "ok",
+        "writer": "ok",
     }
     assert isinstance(body["head_block"], int)
     assert body["indexer_lag"] >= 0

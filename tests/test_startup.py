@@ -30,7 +30,7 @@ def _jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={"PATH": "/usr/bin:/bin", "JAMINS_ENV_FILE": "", **env},
         capture_output=True,
         text=True,
         timeout=120,

@@ -159,8 +159,10 @@ class Indexer:
     ) -> list[tuple[str, ChainRecord | None, int]]:
         """(name, record or None when freed, block that touched it) for each touched name.
 
-        Records are read at `head`, not at the range's end: a node that is not an archive
-        keeps only recent state, and the head's record is the truth the range leads to."""
+        Records are read in the current state ("latest", never a block number, not even
+        the head's: a node restarted from a state file, or one that pruned while we read,
+        may lack it); the current record is the truth the range leads to, and any later
+        change is in a later range."""
         decoded: list[tuple[str, int]] = []
         for raw, block in touched.items():
             try:
@@ -175,7 +177,7 @@ class Indexer:
 
         async def load_chunk(chunk: list[tuple[str, int]]) -> list[ChainRecord | None]:
             async with limiter:
-                return await self.registrar.records_at([name for name, _ in chunk], head)
+                return await self.registrar.records_at([name for name, _ in chunk])
 
         loaded = await asyncio.gather(*(load_chunk(chunk) for chunk in chunks))
         return [

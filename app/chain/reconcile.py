@@ -84,7 +84,8 @@ async def reconcile_confirmed(
     lost: list[tuple[int, bool]] = []  # (registration id, its transaction is in the pool)
     for start in range(0, len(confirmed), NAMES_PER_BATCH):
         batch = confirmed[start : start + NAMES_PER_BATCH]
-        records = await registrar.records_at([row.name for row in batch], head)
+        # The current state, never one at a number: a pruned node may not have it.
+        records = await registrar.records_at([row.name for row in batch])
         for registration, record in zip(batch, records, strict=True):
             if record is not None and record.addr == registration.addr:
                 if registration.block is None or registration.block <= head:

@@ -13,10 +13,13 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 
-from app.chain.client import ChainClient
+from app.chain.client import ChainClient, ChainRejected
+from app.errors import ChainUnavailable
 from app.names import InvalidName, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
+# Topic 0 of the event reserveFor emits when it binds a name to an address.
+PRIMARY_CHANGED = "0x" + keccak(text="PrimaryChanged(bytes32,address,address)").hex()
 
 
 @cache
@@ -112,7 +115,14 @@ class Registrar:
         if jami_id is not None:
             reverse_call = self._selector("name") + "0" * 24 + jami_id
             calls.append(("eth_call", [{"to": self.address, "data": reverse_call}, block_id]))
-        results = await self.client.rpc_batch(calls)
+        try:
+            results = await self.client.rpc_batch(calls)
+        except ChainRejected as exc:
+            # A read the node refused ("header not found", shutting down, pruned state)
+            # says nothing about the name: never "not registered".
+            raise ChainUnavailable(f"chain node refused a registrar read: {exc}") from exc
+        for result in results:
+            self._check_answer(result)
         records: list[ChainRecord | None] = []
         owners: list[str] = []
         for index, name in enumerate(names):
@@ -141,6 +151,16 @@ class Registrar:
                     reverse_name = None
         return ChainView(records=records, owners=owners, reverse_name=reverse_name)
 
+    def _check_answer(self, result: Any) -> None:
+        """Refuse what a registrar with code never answers: an empty or short result is
+        an address without code (a node still loading its state, reset, or on another
+        chain), which would read as "every name is free"."""
+        if not isinstance(result, str) or len(result) < 66 or (len(result) - 2) % 64:
+            raise ChainUnavailable(
+                f"the registrar at {self.address} answered {str(result)[:20]!r}: no contract "
+                "there on this node now (still loading, reset, or another chain)"
+            )
+
     async def touched_names(self, from_block: int, to_block: int) -> dict[bytes, int]:
         """Names (raw bytes32) that any registrar event touched in the range, each with the
         last block that touched it. Both events carry the name as topic 1."""
@@ -157,6 +177,22 @@ class Registrar:
             touched[key] = max(touched.get(key, 0), int(log["blockNumber"], 16))
         return touched
 
+    def binds_in(self, receipt: Any, name: str, jami_id: str) -> bool:
+        """Whether the transaction of `receipt` bound `name` to `jami_id` on this registrar.
+
+        Decided from the receipt's logs alone (a node keeps receipts, not old states): the
+        registrar emits PrimaryChanged(name, addr, owner) exactly when it writes the
+        binding, and a refused reserveFor emits nothing and does not revert."""
+        name_topic = "0x" + to_bytes32(name).hex()
+        addr_topic = "0x" + "0" * 24 + jami_id
+        for log in receipt.get("logs") or []:
+            if _hex(log.get("address")) != self.address.lower() or log.get("removed"):
+                continue
+            topics = [_hex(topic) for topic in log.get("topics") or []]
+            if topics[:3] == [PRIMARY_CHANGED, name_topic, addr_topic]:
+                return True
+        return False
+
     def reserve_for_data(
         self, *, name: str, owner: str, jami_id: str, publickey: str, signature: str
     ) -> str:
@@ -167,6 +203,13 @@ class Registrar:
                 args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
             )
         )
+
+
+def _hex(value: Any) -> str:
+    """A topic or address as web3 or raw JSON-RPC gives it → lowercase 0x-hex."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value).lower()
 
 
 def _address_word(result: str) -> str:

@@ -3,8 +3,10 @@
 It assigns nonces itself and keeps several transactions in flight, so that every block
 carries as many registrations as fit. Each signed transaction is written to SQL before it
 is sent, so a restart re-broadcasts the very same bytes instead of losing or doubling a
-registration. Success is decided from the contract's state at the receipt's block: a
-mined `reserveFor` that found the name taken changes nothing and does not revert.
+registration. Success is decided from what every node keeps, archive or not: the
+receipt's logs (a mined `reserveFor` that found the name taken emits nothing and does not
+revert) and, to say why one failed, the current state. Never from the state at the
+receipt's block: a pruned or restarted node no longer has it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
 
-from app.chain.client import ChainClient, ChainRejected
+from app.chain.client import ChainClient, ChainRejected, FeeCapExceeded
 from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ZERO_ADDRESS, Registrar
 from app.chain.signer import SignedTx, Signer
@@ -31,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 GAS_MARGIN = 1.2
 MAX_SEND_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Mined:
+    """What a registration's receipt says."""
+
+    block: int
+    reverted: bool
+    bound: bool  # its logs show the name bound to the address
 
 
 @dataclass(frozen=True)
@@ -127,41 +138,56 @@ class TxWriter:
         self._wake = asyncio.Event()
         self.state = "starting"
         self.reconciled = False
+        # Steps failed in a row, and why the last one did: /readyz and /metrics show a
+        # writer that cannot make progress.
+        self.failures = 0
+        self.last_error: str | None = None
 
     def wake(self) -> None:
         """Tell the writer that a registration was accepted."""
         self._wake.set()
 
+    def problem(self) -> str | None:
+        """Why the writer cannot make progress (two steps in a row failed), else None."""
+        if self.failures < 2:
+            return None
+        return f"writer failing ({self.failures} steps in a row): {self.last_error}"
+
     async def run(self) -> None:
         """Work until cancelled; chain and database outages only pause it."""
         backoff = self.poll_seconds
         while True:
+            self._wake.clear()  # a wake-up during the step is kept for the wait below
             try:
-                busy = await self.step()
+                await self.step()
                 self.state = "running"
+                self.failures = 0
+                self.last_error = None
                 backoff = self.poll_seconds
             except ServiceUnavailable as exc:
                 self.state = "waiting for " + exc.detail
                 logger.warning("writer paused: %s", exc.detail)
-                self.next_nonce = None
-                busy = False
+                self._failed(exc.detail)
                 backoff = min(backoff * 2, 30.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 logger.exception("writer step failed")
-                self.next_nonce = None
-                busy = False
+                self.state = "failing"
+                self._failed(f"{type(exc).__name__}: {exc}")
                 backoff = min(backoff * 2, 30.0)
-            if busy:
-                await asyncio.sleep(0)
-                continue
-            self._wake.clear()
+            # With every slot in flight, or nothing to send, only a receipt (next poll) or
+            # an accepted registration (a wake-up) can change anything.
             try:
                 async with asyncio.timeout(backoff):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _failed(self, reason: str) -> None:
+        self.next_nonce = None
+        self.failures += 1
+        self.last_error = reason
 
     async def step(self) -> bool:
         """Settle what was mined, then send what fits. True when more work is waiting."""
@@ -221,12 +247,18 @@ class TxWriter:
             )
             return list(rows)
 
-    async def _receipt(self, registration: Registration) -> dict[str, int] | None:
+    async def _receipt(self, registration: Registration) -> Mined | None:
         assert registration.tx_hash is not None
         receipt = await self.client.receipt(registration.tx_hash)
         if receipt is None:
             return None
-        return {"blockNumber": int(receipt["blockNumber"]), "status": int(receipt["status"])}
+        # Receipts before Byzantium have no status: the logs say what happened.
+        status = receipt.get("status")
+        return Mined(
+            block=int(receipt["blockNumber"]),
+            reverted=status is not None and int(status) == 0,
+            bound=self.registrar.binds_in(receipt, registration.name, registration.addr),
+        )
 
     async def _settle_in_flight(self) -> int:
         """Decide every mined registration; returns how many are still in flight."""
@@ -235,7 +267,7 @@ class TxWriter:
         head = await self.client.block_number() if in_flight and self.confirmations else 0
         for registration in in_flight:
             receipt = await self._receipt(registration)
-            deep_enough = head >= receipt["blockNumber"] + self.confirmations if receipt else False
+            deep_enough = head >= receipt.block + self.confirmations if receipt else False
             if receipt is not None and self.confirmations and not deep_enough:
                 still += 1  # mined, not yet deep enough to call confirmed
                 continue
@@ -254,23 +286,26 @@ class TxWriter:
                         continue
                 still += 1
                 continue
-            await self._decide(
-                registration, receipt["blockNumber"], reverted=receipt["status"] != 1
-            )
+            await self._decide(registration, receipt)
         if still and self.mine_stalled is not None:
             await self.mine_stalled()
         return still
 
-    async def _decide(self, registration: Registration, block: int, *, reverted: bool) -> None:
-        """Confirmed when the contract binds the name to the address after `block`."""
-        bound, conflict = await self._chain_state(registration, block)
+    async def _decide(self, registration: Registration, mined: Mined) -> None:
+        """Confirmed when our transaction's logs show the binding, or the chain holds it
+        now; otherwise failed, with the reason the current state gives."""
+        if mined.bound:
+            await self._confirm(registration.id, mined.block)
+            return
+        bound, conflict = await self._chain_state(registration, "latest")
         if bound:
-            await self._confirm(registration.id, block)
+            # Bound by another transaction (a copy sent by another writer): still true.
+            await self._confirm(registration.id, mined.block)
             return
         reason = conflict or "the registrar did not record the name"
-        if reverted:
+        if mined.reverted:
             reason = "transaction reverted; " + reason
-        await self._fail(registration.id, reason, block)
+        await self._fail(registration.id, reason, mined.block)
 
     async def _chain_state(
         self, registration: Registration, block: int | str
@@ -301,6 +336,7 @@ class TxWriter:
             if record is not None:
                 record.pending = False
                 record.block_number = block
+                record.owner = self._owner_of(registration)
         logger.info("confirmed %r in block %d", registration.name, block)
         self.send_attempts.pop(registration_id, None)
         if self.on_settled:
@@ -344,6 +380,14 @@ class TxWriter:
             registration.tx_hash = None
             registration.raw_tx = None
 
+    def _owner_of(self, registration: Registration) -> str:
+        """The on-chain owner to write: what the row says (this server's signer for an
+        HTTP registration, the file's owner for an operator's import), never zero: a
+        zero owner counts as unreserved on the original Jami registrar."""
+        if registration.owner and registration.owner != ZERO_ADDRESS:
+            return registration.owner
+        return self.signer.address.lower().removeprefix("0x")
+
     async def _send(self, registration: Registration) -> bool:
         """Sign and send one registration; False when it was decided without a send."""
         bound, conflict = await self._chain_state(registration, "latest")
@@ -356,7 +400,7 @@ class TxWriter:
             return False
         data = self.registrar.reserve_for_data(
             name=registration.name,
-            owner=registration.owner,
+            owner=self._owner_of(registration),
             jami_id=registration.addr,
             publickey=registration.publickey,
             signature=registration.signature,
@@ -384,6 +428,8 @@ class TxWriter:
             await self._broadcast(signed.raw)
         except ChainRejected as exc:
             attempts = self.send_attempts.get(registration.id, 0) + 1
+            if isinstance(exc, FeeCapExceeded):
+                attempts = 0  # the operator's gas price is refused, not this registration
             self.send_attempts[registration.id] = attempts
             logger.warning(
                 "node refused the registration of %r (attempt %d): %s",

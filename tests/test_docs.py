@@ -1,0 +1,78 @@
+"""The project's own documents: a clone holds everything the README and code point at."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = REPO / "docs" / "PROTOCOL.md"
+
+
+def tracked_files() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    return [REPO / name for name in listed.split("\0") if name]
+
+
+def test_repository_points_at_no_file_outside_it() -> None:
+    # A user on a clone has nothing beside it: every document and test datum is in here.
+    # Spelt in pieces so that this line does not match itself.
+    outside = re.compile(r"\.\./" + "shared" + "|" + "shared" + "/spec")
+    offenders = []
+    for path in tracked_files():
+        if not path.is_file() or path.suffix not in {".md", ".py", ".txt", ".toml", ".yml", ""}:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if outside.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_protocol_document_lists_every_route_the_server_answers(tmp_path: Path) -> None:
+    text = PROTOCOL.read_text(encoding="utf-8")
+    app = create_app(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    missing = [f"`GET {path}`" for path in app.openapi()["paths"] if f"{path}`" not in text]
+    assert missing == []
+
+
+def test_protocol_document_abi_matches_the_contract_artifact() -> None:
+    # The ABI block in docs/PROTOCOL.md is what the built contract really exposes.
+    text = PROTOCOL.read_text(encoding="utf-8")
+    block = re.search(r"```solidity\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/PROTOCOL.md has no ```solidity ABI block"
+    documented = set()
+    for line in block.group(1).splitlines():
+        found = re.match(r"\s*(function|event) (\w+)\(([^)]*)\)", line)
+        if found:
+            params = [part.split()[0] for part in found.group(3).split(",") if part.strip()]
+            documented.add(f"{found.group(1)} {found.group(2)}({','.join(params)})")
+    artifact = json.loads((REPO / "contracts" / "Registrar.json").read_text())
+    built = {
+        f"{entry['type']} {entry['name']}({','.join(p['type'] for p in entry['inputs'])})"
+        for entry in artifact["abi"]
+        if entry["type"] in ("function", "event")
+    }
+    assert documented == built
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        pytest.param("Retry-After", id="transient-503"),
+        pytest.param("RSASSA-PKCS1-v1_5", id="signature-scheme"),
+        pytest.param("SubjectPublicKeyInfo", id="jami-id-hash"),
+        pytest.param("README.md#name-policy", id="policy-link"),
+        pytest.param("tests/data/captured-requests.txt", id="capture-link"),
+    ],
+)
+def test_protocol_document_covers(needle: str) -> None:
+    assert needle in PROTOCOL.read_text(encoding="utf-8")
