@@ -29,6 +29,7 @@ from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
+from app.chain_watch import ChainWatch
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
 from app.errors import BadRequest, JaminsError, handle_jamins_error
 from app.leader import leader_lock
@@ -64,6 +65,7 @@ class Runtime:
     node: AnvilNode | None = None
     client: ChainClient | None = None
     background: Background | None = None
+    chain_watch: ChainWatch | None = None
     supervisor: Supervisor = field(default_factory=Supervisor)
 
 
@@ -78,6 +80,9 @@ def start_embedded_node(settings: Settings) -> AnvilNode:
         block_time=settings.embedded_block_time,
         state_interval=settings.embedded_state_interval,
         log_file=chain_dir / "anvil.log",
+        # No funded dev accounts: any local process could spend them. The signer is
+        # given its balance with anvil_setBalance (fund_embedded_signer).
+        accounts=0,
     )
     node.start()
     logger.info("embedded chain node at %s (state in %s)", node.url, chain_dir)
@@ -277,6 +282,13 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         service.on_accepted.append(background.wake)
         runtime.background = background
         runtime.supervisor.start("leader", background.run)
+        runtime.chain_watch = ChainWatch(
+            client=client,
+            registrar_address=registrar.address,
+            interval=settings.chain_watch_seconds,
+            on_change=lambda problem: setattr(service, "chain_problem", problem),
+        )
+        runtime.supervisor.start("chain-watch", runtime.chain_watch.run)
         runtime.supervisor.adopt(background.work)
         if signer is None:
             logger.warning("no signer key: lookups only, registrations answer 503")

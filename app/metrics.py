@@ -236,6 +236,9 @@ async def check_chain(app: FastAPI, settings: Settings) -> tuple[str, int | None
     metrics.chain_head.set(head)
     if chain_id != settings.chain_id:
         return f"the node serves chain id {chain_id}, not {settings.chain_id}", head
+    watch = getattr(getattr(app.state, "runtime", None), "chain_watch", None)
+    if watch is not None and watch.problem is not None:
+        return str(watch.problem), head
     return "ok", head
 
 

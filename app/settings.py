@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         ge=0,
         description="/readyz fails when the indexer is more blocks than this behind the head.",
     )
+    chain_watch_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the server checks that the chain did not go backwards and "
+        "still holds the registrar.",
+    )
     balance_check_seconds: float = Field(
         default=60.0, gt=0, description="How often the signer's balance is checked."
     )
