@@ -230,6 +230,22 @@ async def _indexer_factory(
     return make
 
 
+def admission_for(settings: Settings) -> Admission:
+    """This process's share of the per-client registration limit.
+
+    Each of `--workers N` processes keeps its own buckets, and a client's connections land
+    on any of them: each gets 1/N of the rate and of the burst (at least 1), so one client
+    never gets more than the configured rate in all (it may get less when its requests all
+    reach one worker). The pending-queue bound counts SQL rows, shared by every worker.
+    """
+    workers = settings.workers
+    return Admission(
+        rate_per_minute=settings.register_rate_per_minute / workers,
+        burst=max(1, settings.register_burst // workers),
+        max_pending=settings.max_pending,
+    )
+
+
 @contextlib.asynccontextmanager
 async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     runtime = Runtime()
@@ -258,11 +274,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             registrar=registrar,
             negative_cache_seconds=settings.negative_cache_seconds,
             registrations_enabled=signer is not None,
-            admission=Admission(
-                rate_per_minute=settings.register_rate_per_minute,
-                burst=settings.register_burst,
-                max_pending=settings.max_pending,
-            ),
+            admission=admission_for(settings),
             lookup_cache_seconds=settings.lookup_cache_seconds,
             owner_address=signer.address if signer is not None else None,
         )
