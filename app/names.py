@@ -17,8 +17,8 @@ The policy stands on two standards, with the Jami constraints on top (README "Na
   any case) and compare by `fold`.
 
 Lookups only apply the character rules (`check_lookup_name`): a name that was registered on
-the chain before a stricter rule keeps resolving. Registrations also apply the look-alike
-rules (`check_registration_name`).
+the chain before a stricter rule keeps resolving. Registrations also apply the PRECIS
+profile itself and the look-alike rules (`check_registration_name`).
 
 All Unicode data comes from one version, `UNICODE_VERSION`: `unicodedata2` for character
 properties and normalisation (not Python's own `unicodedata`, whose version follows the
@@ -244,6 +244,7 @@ def check_registration_name(name: str) -> str:
     if any(ch in _ASCII_UPPERCASE for ch in name):
         raise InvalidName("ASCII uppercase in a registered name")
     _check_characters(name)
+    _check_precis(name)
     _check_lookalikes(name)
     return fold(name)
 
@@ -287,6 +288,16 @@ def _check_characters(name: str) -> None:
             raise InvalidName(f"capital letter U+{ord(ch):04X} without case folding")
         after_letter = True
 
+    if resolved_scripts(name) == frozenset():
+        letters = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
+        raise InvalidName("mixes scripts: " + ", ".join(letters))
+
+
+def _check_precis(name: str) -> None:
+    """RFC 8265 UsernameCasePreserved, for registrations. Beyond the character rules it adds
+    the Bidi Rule (a right-to-left name cannot start with a digit), the contextual rules
+    and the refusal of old Hangul jamo. Lookups skip it: names registered before it applied
+    keep resolving."""
     try:
         enforced = _PRECIS.enforce(name)
     except UnicodeError as exc:
@@ -294,10 +305,6 @@ def _check_characters(name: str) -> None:
         raise InvalidName(f"refused by PRECIS (RFC 8265): {reason}") from exc
     if enforced != name:
         raise InvalidName("not in PRECIS normal form")
-
-    if resolved_scripts(name) == frozenset():
-        letters = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
-        raise InvalidName("mixes scripts: " + ", ".join(letters))
 
 
 def _check_lookalikes(name: str) -> None:

@@ -589,6 +589,9 @@ def test_fold_is_precis_username_case_mapped_with_case_folding(name: str, folded
         pytest.param("\u1100\u1100\u1100", id="old-hangul-jamo-run"),
     ],
 )
-def test_check_lookup_name_refuses_by_precis(name: str) -> None:
+def test_check_registration_name_refuses_by_precis(name: str) -> None:
+    """PRECIS rules the old policy lacked: registrations only, so such names, if already on a
+    chain, keep resolving."""
     with pytest.raises(InvalidName, match="PRECIS"):
-        check_lookup_name(name)
+        check_registration_name(name)
+    assert check_lookup_name(name) == fold(name)
