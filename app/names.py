@@ -149,12 +149,15 @@ def scripts_of(ch: str) -> frozenset[str]:
     return frozenset({str(script) if script is not None else "Zzzz"})
 
 
-def resolved_scripts(name: str) -> frozenset[str] | None:
+def resolved_scripts(name: str, *, letters_only: bool = False) -> frozenset[str] | None:
     """UTS #39 resolved script set: the scripts every character of `name` could belong to,
     with Han, Kana, Hangul and Bopomofo widened to their writing systems. None when no
-    character has a script (digits, `-`, `_`, marks only)."""
+    character has a script (digits, `-`, `_`, marks only). `letters_only` leaves marks out,
+    as the policy did before UTS #39 (lookups)."""
     resolved: set[str] | None = None
     for ch in name:
+        if letters_only and not ucd.category(ch).startswith("L"):
+            continue
         scripts = scripts_of(ch)
         if scripts & _NO_SCRIPT:
             continue
@@ -288,9 +291,13 @@ def _check_characters(name: str) -> None:
             raise InvalidName(f"capital letter U+{ord(ch):04X} without case folding")
         after_letter = True
 
-    if resolved_scripts(name) == frozenset():
-        letters = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
-        raise InvalidName("mixes scripts: " + ", ".join(letters))
+    if resolved_scripts(name, letters_only=True) == frozenset():
+        _refuse_mixed(name)
+
+
+def _refuse_mixed(name: str) -> None:
+    scripts = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
+    raise InvalidName("mixes scripts: " + ", ".join(scripts))
 
 
 def _check_precis(name: str) -> None:
@@ -317,6 +324,8 @@ def _check_lookalikes(name: str) -> None:
         raise InvalidName("ends with '-'")
     if any(a in _SEPARATORS and b in _SEPARATORS for a, b in itertools.pairwise(name)):
         raise InvalidName("two '-' or '_' in a row")
+    if resolved_scripts(name) == frozenset():
+        _refuse_mixed(name)  # a mark of another script (Greek perispomeni on Latin letters)
     decomposed = ucd.normalize("NFD", name)
     for ch in decomposed:
         if not scripts_of(ch) & _RECOMMENDED_SCRIPTS:

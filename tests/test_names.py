@@ -171,6 +171,9 @@ LOOKALIKE_NAMES = [
     ),
     pytest.param("þorp", "looks like the ASCII name 'porp'", id="thorn-reads-as-p"),
     pytest.param("ꓓꓰꓟ", "not recommended", id="lisu-other"),
+    # Marks count for the script rule of registrations (UTS #39), not of lookups (as before).
+    pytest.param("ab\u0342", "mixes scripts", id="greek-mark-on-latin-letters"),
+    pytest.param("abc\u0591", "mixes scripts", id="hebrew-accent-on-latin-letters"),
     pytest.param("ᏣᎳᎩ", "not recommended", id="cherokee-limited-use"),
     pytest.param("ᐃᓄᒃᑎᑐᑦ", "not recommended", id="canadian-syllabics-limited-use"),
 ]
