@@ -76,3 +76,10 @@ class Admission:
                 "too many registrations from this client", retry_after=max(1, math.ceil(wait))
             )
         bucket.tokens -= 1
+
+    def give_back(self, client: str) -> None:
+        """Return a token taken for a registration that turned out to be a copy of one
+        already accepted (it joins no queue)."""
+        bucket = self._buckets.get(client)
+        if bucket is not None:
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1)

@@ -241,6 +241,47 @@ def genesis(
         typer.echo(f"wrote {out}", err=True)
 
 
+@cli.command()
+def keystore(
+    file: Annotated[Path, typer.Argument(help="The keystore file to write (never overwritten).")],
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the password from this file's first line.", show_default=False),
+    ] = None,
+) -> None:
+    """Create a signer key as an encrypted keystore JSON and print its address.
+
+    The password comes from --password-file, else JAMINS_SIGNER_KEYSTORE_PASSWORD, else a
+    prompt. Point JAMINS_SIGNER_KEY_FILE at the file; the key itself is never shown.
+    """
+    from app.chain.signer import create_keystore_file
+
+    if password_file is not None:
+        try:
+            lines = password_file.expanduser().read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            typer.echo(f"cannot read the password file {password_file}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        password = lines[0] if lines else ""
+    elif os.environ.get("JAMINS_SIGNER_KEYSTORE_PASSWORD") is not None:
+        password = os.environ["JAMINS_SIGNER_KEYSTORE_PASSWORD"]
+    else:
+        password = typer.prompt("Keystore password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        typer.echo("the keystore password is empty: give one", err=True)
+        raise typer.Exit(2)
+    target = file.expanduser()
+    try:
+        address = create_keystore_file(target, password)
+    except FileExistsError:
+        typer.echo(f"{target} exists: jamins keystore never overwrites a key", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"cannot write {target}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(address)
+
+
 @cli.command("index")
 def index_names(data_dir: DataDirOption = None) -> None:
     """Index the registrar's events into SQL up to the chain's head, then exit."""
@@ -270,6 +311,14 @@ def import_names(
     cache_only: Annotated[
         bool, typer.Option("--cache-only", help="Load the SQL cache only; write nothing on chain.")
     ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Take records whose key does not hash to addr or whose signature is not "
+            "over the name (checked by default).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Register the records of a names.json on the chain (resumable), or preload the cache."""
@@ -277,7 +326,7 @@ def import_names(
 
     settings = load_settings(data_dir=data_dir)
     configure_logging("warning", settings.log_format)
-    run_import(settings, file, cache_only)
+    run_import(settings, file, cache_only, verify=not no_verify)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.admission import Admission
+from app.api.docs import serve_offline_docs
 from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
@@ -251,6 +252,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
                 max_pending=settings.max_pending,
             ),
             lookup_cache_seconds=settings.lookup_cache_seconds,
+            owner_address=signer.address if signer is not None else None,
         )
         background = Background(
             lock=leader_lock(engine, settings.sqlite_path()),
@@ -406,6 +408,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(ops_router)
+    serve_offline_docs(app)
     app.state.metrics = Metrics(app)
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)

@@ -68,3 +68,17 @@ def test_50_names_for_one_id_has_one_winner(
     assert chain_addr(anvil.url, contract, winner) == account.jami_id
     assert {chain_addr(anvil.url, contract, name) for name in names if name != winner} == {ZERO}
     assert http.get(f"/addr/{account.jami_id}").json() == {"name": winner}
+
+
+def test_identical_registrations_at_once_all_get_200(
+    server: ServerProcess, http: httpx.Client, anvil: AnvilNode
+) -> None:
+    """A retrying client's copies (same name, same ID) arriving together: every copy is
+    the same accepted registration, never "address already has a name"."""
+    (account,) = quick_accounts(1, offset=360)
+    name = unique_name("twin")
+    body = account.registration_body(name)
+    statuses = _race(server, [(name, body)] * 30)
+    assert Counter(statuses) == {200: 30}
+    assert server.wait_settled(name)["state"] == "confirmed"
+    assert chain_addr(anvil.url, server.registrar_address(), name) == account.jami_id

@@ -16,10 +16,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from eth_account import Account
+from eth_utils.crypto import keccak
 
 from app.chain.anvil import AnvilNode, rpc
+from app.names import to_bytes32
+from tests.chain_tools import DirectWriter
 from tests.conftest import funded_key, unique_name
-from tests.faults import quick_accounts
+from tests.faults import chain_addr, quick_accounts
 from tests.jami_keys import JamiAccount
 from tests.server import ServerProcess
 
@@ -224,3 +228,44 @@ def test_register_pending_queue_bound_is_503_with_retry_after(
             assert server.wait_settled(names[2])["state"] == "confirmed"
     finally:
         server.stop()
+
+
+# -- who controls a name on chain ----------------------------------------------------------
+
+
+def _chain_owner(node: AnvilNode, contract: str, name: str) -> str:
+    data = "0x" + (keccak(text="owner(bytes32)")[:4] + to_bytes32(name)).hex()
+    result: str = rpc(node.url, "eth_call", [{"to": contract, "data": data}, "latest"])
+    return result[-40:]
+
+
+def test_register_replayed_proof_with_attacker_owner_gives_no_control(
+    server: ServerProcess, http: httpx.Client, anvil: AnvilNode
+) -> None:
+    """A funded attacker replays a victim's public proof naming itself as owner, then
+    tries to disown the name on the contract: the name stays the victim's."""
+    (victim,) = quick_accounts(1, offset=430)
+    name = unique_name("victim")
+    attacker = DirectWriter(anvil.url, funded_key(anvil), server.registrar_address())
+    body = victim.registration_body(name, owner=attacker.address)
+    assert http.post(f"/name/{name}", json=body).status_code == 200
+    assert server.wait_settled(name)["state"] == "confirmed"
+    signer = Account.from_key(server.env["JAMINS_SIGNER_KEY"]).address.lower()[2:]
+    assert _chain_owner(anvil, server.registrar_address(), name) == signer
+    assert http.get(f"/name/{name}/owner").json()["owner"] == "0x" + signer
+    with pytest.raises(RuntimeError, match="reverted"):
+        attacker.disown(name)
+    assert http.get(f"/name/{name}").json()["addr"] == "0x" + victim.jami_id
+    assert http.get(f"/addr/{victim.jami_id}").json() == {"name": name}
+    assert chain_addr(anvil.url, server.registrar_address(), name) == victim.jami_id
+
+
+def test_register_zero_owner_never_writes_a_zero_owner(
+    server: ServerProcess, http: httpx.Client, anvil: AnvilNode
+) -> None:
+    (account,) = quick_accounts(1, offset=431)
+    name = unique_name("zeroowner")
+    body = account.registration_body(name, owner="0x" + "0" * 40)
+    assert http.post(f"/name/{name}", json=body).status_code == 200
+    assert server.wait_settled(name)["state"] == "confirmed"
+    assert _chain_owner(anvil, server.registrar_address(), name) != "0" * 40

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.admission import Admission
 from app.chain.registrar import Registrar
 from app.db import make_async_engine, make_sessionmaker, migrate
 from app.errors import ServiceUnavailable
@@ -38,6 +39,7 @@ def run_with_service(
                 registrar=Registrar(client, REGISTRAR),
                 negative_cache_seconds=60,
                 registrations_enabled=True,
+                owner_address="0x" + "5e" * 20,
                 lookup_cache_seconds=60,
                 **service,
             )
@@ -87,3 +89,30 @@ def test_lookup_on_a_failing_node_is_unavailable_and_not_remembered(
         assert await service.lookup_addr(account.jami_id) == "held"
 
     run_with_service(tmp_path, FakeNode(), scenario)
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["no-rate-limit", "rate-limit-1"])
+def test_register_identical_copies_at_once_all_succeed_for_one_token(
+    tmp_path: Path, limited: bool
+) -> None:
+    """30 copies of one registration at once: before, one copy read the first one's
+    row by address only (403 "address already has a name"), and copies spent tokens."""
+    (account,) = quick_accounts(1, offset=501)
+    admission = Admission(rate_per_minute=1, burst=1, max_pending=0) if limited else None
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        request = RegistrationRequest.model_validate(account.registration_body("twin"))
+        outcomes = await asyncio.gather(
+            *(service.register("twin", request, client="1.2.3.4") for _ in range(30)),
+            return_exceptions=True,
+        )
+        assert [type(outcome).__name__ for outcome in outcomes] == ["NoneType"] * 30
+        await service.register("twin", request, client="1.2.3.4")  # a later retry
+        if limited:
+            # One token spent in all: another name from this client is throttled.
+            other_account = quick_accounts(1, 502)[0]
+            other = RegistrationRequest.model_validate(other_account.registration_body("xx2"))
+            with pytest.raises(ServiceUnavailable, match="too many"):
+                await service.register("xx2", other, client="1.2.3.4")
+
+    run_with_service(tmp_path, FakeNode(), scenario, admission=admission)

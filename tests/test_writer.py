@@ -105,6 +105,9 @@ def test_settle_after_another_block_on_a_node_without_history_confirms(
         node.mine()  # another account's: our block's state is gone
         await writer.step()
         assert await states(db) == {"alice": ("confirmed", None)}
+        # The row's owner was zero (an old row): the signer owns the record, never zero.
+        record = node.records[b"alice".ljust(32, b"\0")]
+        assert record.owner == writer.signer.address.lower()[2:]
 
     run_with_writer(tmp_path, node, scenario)
 

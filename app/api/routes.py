@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import ValidationError
 
 from app import names
@@ -59,13 +59,17 @@ def registration_name_param(request: Request) -> str:
     return _name_from_raw_path(request, "/registrations/")
 
 
+# Declared for OpenAPI ("Try it out"); the routes read the name from the raw path.
+NamePath = Annotated[str, Path(description="The name, percent-encoded UTF-8, any case.")]
+
+
 @router.get(
     "/name/{name}/owner",
     response_model=OwnerAnswer,
     responses=errors(400, 404, 503),
     summary="The Ethereum owner of a name",
 )
-async def get_owner(request: Request, service: ServiceDep) -> OwnerAnswer:
+async def get_owner(name: NamePath, request: Request, service: ServiceDep) -> OwnerAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/owner"))
     return OwnerAnswer(name=record.name, owner="0x" + record.owner)
 
@@ -76,7 +80,7 @@ async def get_owner(request: Request, service: ServiceDep) -> OwnerAnswer:
     responses=errors(400, 404, 503),
     summary="The public key a name was registered with",
 )
-async def get_publickey(request: Request, service: ServiceDep) -> PublicKeyAnswer:
+async def get_publickey(name: NamePath, request: Request, service: ServiceDep) -> PublicKeyAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/publickey"))
     if record.publickey is None:
         raise NotFound("no public key for this name")
@@ -89,7 +93,7 @@ async def get_publickey(request: Request, service: ServiceDep) -> PublicKeyAnswe
     responses=errors(400, 404, 503),
     summary="The signature a name was registered with",
 )
-async def get_signature(request: Request, service: ServiceDep) -> SignatureAnswer:
+async def get_signature(name: NamePath, request: Request, service: ServiceDep) -> SignatureAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/signature"))
     if record.signature is None:
         raise NotFound("no signature for this name")

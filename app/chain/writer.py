@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
 
-from app.chain.client import ChainClient, ChainRejected
+from app.chain.client import ChainClient, ChainRejected, FeeCapExceeded
 from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ZERO_ADDRESS, Registrar
 from app.chain.signer import SignedTx, Signer
@@ -336,6 +336,7 @@ class TxWriter:
             if record is not None:
                 record.pending = False
                 record.block_number = block
+                record.owner = self._owner_of(registration)
         logger.info("confirmed %r in block %d", registration.name, block)
         self.send_attempts.pop(registration_id, None)
         if self.on_settled:
@@ -379,6 +380,14 @@ class TxWriter:
             registration.tx_hash = None
             registration.raw_tx = None
 
+    def _owner_of(self, registration: Registration) -> str:
+        """The on-chain owner to write: what the row says (this server's signer for an
+        HTTP registration, the file's owner for an operator's import), never zero: a
+        zero owner counts as unreserved on the original Jami registrar."""
+        if registration.owner and registration.owner != ZERO_ADDRESS:
+            return registration.owner
+        return self.signer.address.lower().removeprefix("0x")
+
     async def _send(self, registration: Registration) -> bool:
         """Sign and send one registration; False when it was decided without a send."""
         bound, conflict = await self._chain_state(registration, "latest")
@@ -391,7 +400,7 @@ class TxWriter:
             return False
         data = self.registrar.reserve_for_data(
             name=registration.name,
-            owner=registration.owner,
+            owner=self._owner_of(registration),
             jami_id=registration.addr,
             publickey=registration.publickey,
             signature=registration.signature,
@@ -419,6 +428,8 @@ class TxWriter:
             await self._broadcast(signed.raw)
         except ChainRejected as exc:
             attempts = self.send_attempts.get(registration.id, 0) + 1
+            if isinstance(exc, FeeCapExceeded):
+                attempts = 0  # the operator's gas price is refused, not this registration
             self.send_attempts[registration.id] = attempts
             logger.warning(
                 "node refused the registration of %r (attempt %d): %s",

@@ -11,6 +11,7 @@ accepted, so the negative cache never hides them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -150,8 +151,12 @@ class NameService:
         registrations_enabled: bool,
         lookup_cache_seconds: float = 0,
         admission: Admission | None = None,
+        owner_address: str | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Who owns the records this server writes on chain: its signer (40 hex). Nothing
+        # proves the body's `owner`, and the owner may disown, transfer or re-point a name.
+        self.owner_address = (owner_address or "").lower().removeprefix("0x") or None
         self.admission = admission
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
@@ -159,6 +164,9 @@ class NameService:
         self.missing_addrs = NegativeCache(negative_cache_seconds)
         # Answer bodies of recent hits, served by app.api.hot_path without a database trip.
         self.hot = HotCache(lookup_cache_seconds)
+        # One lock per (folded name, Jami ID) being registered: identical copies queue.
+        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
+        self._registering_users: Counter[tuple[str, str]] = Counter()
         # Called after each accepted registration (the writer's wake-up).
         self.on_accepted: list[Callable[[], None]] = []
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
@@ -265,7 +273,9 @@ class NameService:
     ) -> None:
         """Accept a registration durably (a pending row in SQL) or raise why not.
 
-        `client` is the caller's address, for the per-client rate limit."""
+        `client` is the caller's address, for the per-client rate limit. Identical copies
+        (same name, same ID: a retrying client) that arrive together are decided one
+        after the other, so every copy sees the first one's row and answers 200."""
         try:
             folded = names.check_registration_name(name)
         except names.InvalidName as exc:
@@ -275,8 +285,29 @@ class NameService:
             jami_id = names.normalize_jami_id(request.addr)
         except names.InvalidAddress as exc:
             raise InvalidAddress() from exc
+        key = (folded, jami_id)
+        lock = self._registering.setdefault(key, asyncio.Lock())
+        self._registering_users[key] += 1
         try:
-            owner = names.normalize_owner(request.owner)
+            async with lock:
+                await self._register(name, folded, jami_id, request, client)
+        finally:
+            self._registering_users[key] -= 1
+            if not self._registering_users[key]:
+                del self._registering_users[key]
+                del self._registering[key]
+
+    async def _register(
+        self,
+        name: str,
+        folded: str,
+        jami_id: str,
+        request: RegistrationRequest,
+        client: str | None,
+    ) -> None:
+        try:
+            # Checked for compatibility, never used: see `owner_address`.
+            names.normalize_owner(request.owner)
         except names.InvalidAddress as exc:
             raise BadRequest("invalid owner") from exc
         try:
@@ -294,6 +325,9 @@ class NameService:
             raise RegistrationsDisabled()
         if self.registrations_paused is not None:
             raise ServiceUnavailable(self.registrations_paused)
+        if self.owner_address is None:
+            raise RegistrationsDisabled()
+        owner = self.owner_address
 
         if await self._check_sql(folded, jami_id, name):
             return  # the same binding already exists: idempotent
@@ -306,6 +340,7 @@ class NameService:
             # one, or a 403/409, costs the chain nothing.
             self.admission.check_queue(await self._pending_count())
             self.admission.take(client or "unknown")
+        token_taken = self.admission is not None
 
         registration = Registration(
             name=name,
@@ -335,6 +370,9 @@ class NameService:
             # Another request claimed the name or the address between our check and
             # our insert: answer as if it had come first.
             if await self._check_sql(folded, jami_id, name):
+                if token_taken and self.admission is not None:
+                    # A copy accepted by another worker: this one joins no queue.
+                    self.admission.give_back(client or "unknown")
                 return
             raise NameTaken() from None
         logger.info("accepted %r for %s", name, jami_id)
@@ -376,6 +414,8 @@ class NameService:
                     select(Registration.name).where(Registration.claim_addr == jami_id)
                 )
             if by_addr is not None:
+                if names.fold(by_addr) == folded:
+                    return True  # the same binding, committed after our first reads
                 raise AddressHasName(name=by_addr, addr=jami_id)
         return False
 
@@ -396,6 +436,8 @@ class NameService:
             record = (await self._registrar().records_at([view.reverse_name]))[0]
             if record is not None and record.addr == jami_id:
                 await self._fill(record)
+                if names.fold(record.name) == folded:
+                    return True  # bound meanwhile, to this very name
             raise AddressHasName(name=view.reverse_name, addr=jami_id)
         return False
 
