@@ -19,7 +19,7 @@ from app.api.schemas import (
     SignatureAnswer,
     errors,
 )
-from app.errors import BadRequest, InvalidName, NotFound
+from app.errors import BadRequest, InvalidAddress, InvalidName, NotFound
 from app.services.registry import NameService, RegistrationRequest
 
 MAX_BODY_BYTES = 16 * 1024  # a real RSA-4096 registration is 1884 bytes
@@ -57,6 +57,15 @@ def lookup_name_param(request: Request) -> str:
 
 def registration_name_param(request: Request) -> str:
     return _name_from_raw_path(request, "/registrations/")
+
+
+def addr_param(request: Request) -> str:
+    """The Jami ID segment from the raw path: Starlette's route pattern ends in `$`, which
+    matches before a trailing newline, so the decoded path parameter would drop a `%0a`."""
+    try:
+        return _name_from_raw_path(request, "/addr/")
+    except InvalidName as exc:
+        raise InvalidAddress() from exc
 
 
 # Declared for OpenAPI ("Try it out"); the routes read the name from the raw path.
@@ -156,10 +165,12 @@ async def post_name(
     responses=errors(400, 404, 503),
     summary="Reverse lookup: the name of a Jami ID",
 )
-async def get_addr(addr: str, service: ServiceDep) -> Response:
-    found = await service.lookup_addr(addr)
+async def get_addr(
+    addr: str, service: ServiceDep, raw_addr: Annotated[str, Depends(addr_param)]
+) -> Response:
+    found = await service.lookup_addr(raw_addr)
     body = _json_bytes({"name": found})
-    service.hot.addrs.put(names.normalize_jami_id(addr), body)
+    service.hot.addrs.put(names.normalize_jami_id(raw_addr), body)
     return Response(body, media_type="application/json")
 
 

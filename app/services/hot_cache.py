@@ -14,9 +14,14 @@ from collections.abc import Iterable
 
 
 class _Expiring:
-    def __init__(self, ttl: float, max_entries: int) -> None:
+    """Bounded by entries and by bytes: a record registered on the contract directly may
+    carry a public key far larger than any real one."""
+
+    def __init__(self, ttl: float, max_entries: int, max_bytes: int) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
         self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
@@ -24,17 +29,28 @@ class _Expiring:
         if found is None:
             return None
         if found[0] < time.monotonic():
-            self.entries.pop(key, None)
+            self.pop(key)
             return None
         return found[1]
 
     def put(self, key: str, body: bytes) -> None:
-        if self.ttl <= 0:
+        if self.ttl <= 0 or len(body) > self.max_bytes // 100:
             return
+        self.pop(key)
         self.entries[key] = (time.monotonic() + self.ttl, body)
-        self.entries.move_to_end(key)
-        if len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        self.size += len(key) + len(body)
+        while len(self.entries) > self.max_entries or self.size > self.max_bytes:
+            old_key, (_, old_body) = self.entries.popitem(last=False)
+            self.size -= len(old_key) + len(old_body)
+
+    def pop(self, key: str) -> None:
+        found = self.entries.pop(key, None)
+        if found is not None:
+            self.size -= len(key) + len(found[1])
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
 
 
 class HotCache:
@@ -42,17 +58,19 @@ class HotCache:
 
     # About 2 KB an answer with an RSA-4096 key: 20,000 is ~40 MB, and the hot set of a
     # community's names; anything colder is one SQL read away.
-    def __init__(self, ttl: float, max_entries: int = 20_000) -> None:
-        self.names = _Expiring(ttl, max_entries)
-        self.addrs = _Expiring(ttl, max_entries)
+    def __init__(
+        self, ttl: float, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
+        self.names = _Expiring(ttl, max_entries, max_bytes)
+        self.addrs = _Expiring(ttl, max_entries, max_bytes // 8)
 
     def forget_names(self, folded_names: Iterable[str]) -> None:
         for folded in folded_names:
-            self.names.entries.pop(folded, None)
+            self.names.pop(folded)
         # The addresses those names pointed at are not known here: their reverse answers
         # may have changed too (setAddress, disown), and they are cheap to rebuild.
-        self.addrs.entries.clear()
+        self.addrs.clear()
 
     def clear(self) -> None:
-        self.names.entries.clear()
-        self.addrs.entries.clear()
+        self.names.clear()
+        self.addrs.clear()

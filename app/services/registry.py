@@ -172,6 +172,9 @@ class NameService:
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
         # more registration: registrations then answer 503 with this reason.
         self.registrations_paused: str | None = None
+        # Set by the chain watch (app/chain_watch.py) while the chain went backwards or
+        # lost the registrar: registrations then answer 503 with this reason.
+        self.chain_problem: str | None = None
         # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
         self.cache_counts: Counter[tuple[str, str]] = Counter()
 
@@ -325,6 +328,8 @@ class NameService:
             raise RegistrationsDisabled()
         if self.registrations_paused is not None:
             raise ServiceUnavailable(self.registrations_paused)
+        if self.chain_problem is not None:
+            raise ServiceUnavailable(f"{self.chain_problem}; try again later")
         if self.owner_address is None:
             raise RegistrationsDisabled()
         owner = self.owner_address
