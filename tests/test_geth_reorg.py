@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -70,8 +69,9 @@ class Pair:
         )
 
 
-@pytest.fixture
-def pair(geth_binary: str, tmp_path: Path) -> Iterator[Pair]:
+@pytest.fixture(scope="module")
+def shared_pair(geth_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    tmp_path = tmp_path_factory.mktemp("pair")
     x = GethNode(tmp_path / "x", binary=geth_binary, chain_id=4646, max_peers=2)
     y = GethNode(
         tmp_path / "y",
@@ -96,9 +96,25 @@ def pair(geth_binary: str, tmp_path: Path) -> Iterator[Pair]:
 
 
 @pytest.fixture
-def server_on_x(pair: Pair, tmp_path: Path) -> Iterator[ServerProcess]:
+def pair(shared_pair: Pair) -> Pair:
+    """The module's two nodes, peered and in sync, X sealing alone (as each test leaves
+    them: Y sealing, or X partitioned)."""
+    x, y = shared_pair.x, shared_pair.y
+    y.rpc("miner_stop")
+    x.rpc("miner_start")
+    if not x.rpc("admin_peers"):
+        shared_pair.connect()
+    wait_for(shared_pair.synced, "Y to follow X again")
+    return shared_pair
+
+
+@pytest.fixture(scope="module")
+def server_on_x(
+    shared_pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    pair = shared_pair
     server = ServerProcess(
-        data_dir=tmp_path / "server",
+        data_dir=tmp_path_factory.mktemp("server"),
         env={
             "JAMINS_RPC_URL": pair.x.url,
             "JAMINS_CHAIN_ID": str(pair.x.chain_id),
