@@ -258,6 +258,8 @@ class Settings(BaseSettings):
             url = "postgresql://" + url.removeprefix("postgres://")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        if url.startswith("sqlite:///~"):
+            url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser())
         return url
 
     def async_sqlalchemy_url(self) -> str:

@@ -17,7 +17,7 @@ from app.chain.anvil import AnvilNode
 from tests.chain_tools import DirectRecord, DirectWriter
 from tests.chain_tools import _selector as selector
 from tests.chain_tools import rpc as chain_rpc
-from tests.conftest import funded_key, unique_name
+from tests.conftest import ChainNode, funded_key, own_chain_node, unique_name
 from tests.jami_keys import account_pool
 from tests.pg import PostgresServer
 from tests.server import REPO_ROOT
@@ -29,9 +29,10 @@ def node_a(anvil_binary: str) -> Iterator[AnvilNode]:
         yield node
 
 
-@pytest.fixture
-def node_b(anvil_binary: str) -> Iterator[AnvilNode]:
-    with AnvilNode(binary=anvil_binary) as node:
+@pytest.fixture(params=["anvil", "geth"])
+def node_b(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
+    """The chain names are imported into: anvil, or a private geth chain."""
+    with own_chain_node(request.param, request, tmp_path / "geth-b") as node:
         yield node
 
 
@@ -62,7 +63,7 @@ def written_records() -> list[DirectRecord]:
 
 
 def test_export_import_export_round_trips_byte_for_byte(
-    node_a: AnvilNode, node_b: AnvilNode, tmp_path: Path, postgres: PostgresServer
+    node_a: AnvilNode, node_b: ChainNode, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     writer = DirectWriter(node_a.url, funded_key(node_a))
     contract = writer.deploy()
@@ -93,6 +94,7 @@ def test_export_import_export_round_trips_byte_for_byte(
 
     env_b = {
         "JAMINS_RPC_URL": node_b.url,
+        "JAMINS_CHAIN_ID": str(node_b.chain_id),
         "JAMINS_DEPLOY": "true",
         "JAMINS_SIGNER_KEY": funded_key(node_b),
         "JAMINS_DATABASE_URL": postgres.create_database(f"rt_{secrets.token_hex(4)}"),
@@ -111,7 +113,11 @@ def test_export_import_export_round_trips_byte_for_byte(
     assert jamins("export", str(second), env=env_b).returncode == 0
     assert second.read_bytes() == first.read_bytes()
 
-    env_c = {"JAMINS_DATA_DIR": str(tmp_path / "c"), "JAMINS_RPC_URL": node_b.url}
+    env_c = {
+        "JAMINS_DATA_DIR": str(tmp_path / "c"),
+        "JAMINS_RPC_URL": node_b.url,
+        "JAMINS_CHAIN_ID": str(node_b.chain_id),
+    }
     (tmp_path / "c").mkdir()
     cached = jamins("import", "--cache-only", "--no-verify", str(first), env=env_c)
     assert cached.returncode == 0, cached.stderr
