@@ -51,6 +51,8 @@ def _server_env(node: AnvilNode, key: str, **extra: str) -> dict[str, str]:
         "JAMINS_DEPLOY": "true",
         "JAMINS_SIGNER_KEY": key,
         "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+        # The test's own node and registrar: pending names are answered at once.
+        "JAMINS_REGISTRAR_EXCLUSIVE": "true",
         **extra,
     }
 

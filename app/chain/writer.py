@@ -148,7 +148,8 @@ class TxWriter:
         self._wake.set()
 
     def problem(self) -> str | None:
-        """Why the writer cannot make progress (two steps in a row failed), else None."""
+        """Why the writer cannot make progress (two steps in a row failed on something
+        other than an outage), else None."""
         if self.failures < 2:
             return None
         return f"writer failing ({self.failures} steps in a row): {self.last_error}"
@@ -165,9 +166,11 @@ class TxWriter:
                 self.last_error = None
                 backoff = self.poll_seconds
             except ServiceUnavailable as exc:
+                # Waiting on something /readyz already shows (the node, the database) or
+                # that answers 503 itself (an unfunded signer): not a stuck writer.
                 self.state = "waiting for " + exc.detail
                 logger.warning("writer paused: %s", exc.detail)
-                self._failed(exc.detail)
+                self.next_nonce = None
                 backoff = min(backoff * 2, 30.0)
             except asyncio.CancelledError:
                 raise
