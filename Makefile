@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: serve test install lint bench postgres-binaries geth
+.PHONY: serve test install lint bench postgres-binaries geth test-tools
 
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
-test: install postgres-binaries geth
+test: install postgres-binaries geth test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
@@ -77,3 +77,11 @@ geth:
 	    $(GO) install -trimpath github.com/ethereum/go-ethereum/cmd/geth@v$(GETH_VERSION) || exit 1; \
 	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
 	fi
+
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py)
+# and Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py).
+test-tools:
+	@command -v chromium >/dev/null && command -v caddy >/dev/null || { \
+	  echo "installing chromium and caddy (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium caddy >/dev/null; }

@@ -58,6 +58,9 @@ class Admission:
         """Spend one of `client`'s tokens, or raise RegistrationsThrottled."""
         if self.rate_per_second <= 0:
             return
+        # A client address is at most 45 characters (IPv6); anything longer came from a
+        # forwarded header and must not make a bucket key of any size.
+        client = client[:64]
         now = self.clock()
         bucket = self._buckets.get(client)
         if bucket is None:

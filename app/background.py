@@ -3,18 +3,22 @@
 Every server serves lookups and accepts registrations; only the one holding the leader
 lock (app.leader) sends transactions and indexes, so nonces never collide. The others keep
 trying the lock and take over within `poll_seconds` when the leader dies.
+
+The leader loop itself runs under the server's Supervisor (app.supervisor); while leader,
+the writer and the indexer run under a Supervisor of their own (`work`): one that fails is
+restarted afresh after a back-off, and the lock is kept meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from app.chain.indexer import Indexer
 from app.chain.writer import TxWriter
 from app.leader import LeaderLock
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +31,16 @@ class Background:
         make_writer: Callable[[], TxWriter] | None,
         make_indexer: Callable[[], Indexer] | None,
         poll_seconds: float,
+        work: Supervisor | None = None,
     ) -> None:
         self.lock = lock
         self.make_writer = make_writer
         self.make_indexer = make_indexer
         self.poll_seconds = poll_seconds
+        self.work = work if work is not None else Supervisor()
         self.writer: TxWriter | None = None
         self.indexer: Indexer | None = None
         self.is_leader = False
-        self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
         """A registration was accepted: let the writer look now."""
@@ -46,7 +51,7 @@ class Background:
         try:
             while True:
                 if self.is_leader:
-                    if not await self.lock.still_held() or any(t.done() for t in self._tasks):
+                    if not await self.lock.still_held():
                         logger.warning("lost the leader lock: stopping the writer and indexer")
                         await self._stop_work()
                 elif await self.lock.try_acquire():
@@ -60,19 +65,23 @@ class Background:
     def _start_work(self) -> None:
         self.is_leader = True
         if self.make_writer is not None:
-            self.writer = self.make_writer()
-            self._tasks.append(asyncio.create_task(self.writer.run(), name="tx-writer"))
+            self.work.start("tx-writer", self._run_writer)
         if self.make_indexer is not None:
-            self.indexer = self.make_indexer()
-            self._tasks.append(asyncio.create_task(self.indexer.run(), name="indexer"))
+            self.work.start("indexer", self._run_indexer)
+
+    async def _run_writer(self) -> None:
+        assert self.make_writer is not None
+        # A fresh writer on each (re)start: it reads its state back from SQL and the chain.
+        self.writer = self.make_writer()
+        await self.writer.run()
+
+    async def _run_indexer(self) -> None:
+        assert self.make_indexer is not None
+        self.indexer = self.make_indexer()
+        await self.indexer.run()
 
     async def _stop_work(self) -> None:
         self.is_leader = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.work.stop()
         self.writer = None
         self.indexer = None

@@ -6,11 +6,15 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import sqlalchemy.engine
+import sqlalchemy.exc
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from app.logs import configure_logging
 from app.settings import Settings
@@ -28,10 +32,57 @@ DataDirOption = Annotated[
 ]
 
 
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with one line for the operator (never a traceback)."""
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and .env, with command-line options on top."""
+    """Settings from the environment and .env, with command-line options on top; a bad
+    value ends the command with one line naming its variable."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(
+                f"JAMINS_{field.upper()}={error.get('input')!s}: "
+                f"{error['msg'].removeprefix('Value error, ')}"
+            )
+        fail("invalid setting: " + "; ".join(problems))
+
+
+def check_data_dir(settings: Settings) -> None:
+    """The data directory exists (or can be made) and takes files; else one line."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        fail(
+            f"JAMINS_DATA_DIR {path} is not a writable directory ({exc.strerror}): "
+            "fix its permissions or choose another with --data-dir"
+        )
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, before a node is started or a registrar deployed, if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: a port left in TIME_WAIT by a previous run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            fail(
+                f"cannot listen on {host}:{port} ({exc.strerror}): stop what uses it "
+                "or choose another --port"
+            )
 
 
 @cli.command()
@@ -49,38 +100,57 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the name server API (on the embedded chain node unless JAMINS_RPC_URL is set)."""
-    from app.main import create_app
+    from app.leader import DataDirInUse, DataDirLock
+    from app.main import configure_connections, create_app
+    from app.serving import GuardedHttpProtocol
 
     settings = load_settings(data_dir=data_dir, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
-        typer.echo("set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE, or neither", err=True)
-        raise typer.Exit(2)
+        fail("set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE, or neither")
     if settings.workers > 1 and settings.embedded:
-        typer.echo("the embedded chain node serves one worker: set JAMINS_RPC_URL", err=True)
-        raise typer.Exit(2)
+        fail("the embedded chain node serves one worker: set JAMINS_RPC_URL")
+    # Everything an operator can get wrong is checked before anything is started.
+    if settings.embedded or settings.sqlite_path() is not None:
+        check_data_dir(settings)
+    check_port(host, port)
     if settings.workers > 1:
         # Each worker process builds its own app from the environment.
         os.environ["JAMINS_WORKERS"] = str(settings.workers)
         if data_dir is not None:
             os.environ["JAMINS_DATA_DIR"] = str(data_dir)
-    uvicorn.run(
-        "app.main:create_app_from_env" if settings.workers > 1 else create_app(settings),
-        factory=settings.workers > 1,
-        workers=settings.workers,
-        host=host,
-        port=port,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        log_config=None,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        # Jami clients send no Accept-Encoding and read bodies as they come.
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    configure_connections(settings)
+    node_lock = DataDirLock(settings.data_dir) if settings.embedded else None
+    if node_lock is not None:
+        try:
+            node_lock.acquire()
+        except DataDirInUse as exc:
+            fail(str(exc))
+    try:
+        uvicorn.run(
+            "app.main:create_app_from_env" if settings.workers > 1 else create_app(settings),
+            http=GuardedHttpProtocol,
+            timeout_keep_alive=settings.keepalive_timeout,
+            factory=settings.workers > 1,
+            workers=settings.workers,
+            host=host,
+            port=port,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            log_config=None,
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            # Jami clients send no Accept-Encoding and read bodies as they come.
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        # uvicorn has returned, so the lifespan has stopped the node: only now may
+        # another process start one on this data directory.
+        if node_lock is not None:
+            node_lock.release()
 
 
 @cli.command()
@@ -147,7 +217,16 @@ def status(
     """Show what became of a registration this server accepted."""
     settings = load_settings(data_dir=data_dir)
     configure_logging("warning")
-    found = asyncio.run(_status(settings, name))
+    try:
+        found = asyncio.run(_status(settings, name))
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
+        url = sqlalchemy.engine.make_url(settings.sqlalchemy_url())
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        fail(
+            f"cannot reach the database {url.render_as_string(hide_password=True)} "
+            f"(JAMINS_DATABASE_URL): {reason}",
+            code=1,
+        )
     if found is None:
         typer.echo(f"{name}: this server never accepted a registration for it", err=True)
         raise typer.Exit(1)
@@ -241,6 +320,47 @@ def genesis(
         typer.echo(f"wrote {out}", err=True)
 
 
+@cli.command()
+def keystore(
+    file: Annotated[Path, typer.Argument(help="The keystore file to write (never overwritten).")],
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the password from this file's first line.", show_default=False),
+    ] = None,
+) -> None:
+    """Create a signer key as an encrypted keystore JSON and print its address.
+
+    The password comes from --password-file, else JAMINS_SIGNER_KEYSTORE_PASSWORD, else a
+    prompt. Point JAMINS_SIGNER_KEY_FILE at the file; the key itself is never shown.
+    """
+    from app.chain.signer import create_keystore_file
+
+    if password_file is not None:
+        try:
+            lines = password_file.expanduser().read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            typer.echo(f"cannot read the password file {password_file}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        password = lines[0] if lines else ""
+    elif os.environ.get("JAMINS_SIGNER_KEYSTORE_PASSWORD") is not None:
+        password = os.environ["JAMINS_SIGNER_KEYSTORE_PASSWORD"]
+    else:
+        password = typer.prompt("Keystore password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        typer.echo("the keystore password is empty: give one", err=True)
+        raise typer.Exit(2)
+    target = file.expanduser()
+    try:
+        address = create_keystore_file(target, password)
+    except FileExistsError:
+        typer.echo(f"{target} exists: jamins keystore never overwrites a key", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"cannot write {target}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(address)
+
+
 @cli.command("index")
 def index_names(data_dir: DataDirOption = None) -> None:
     """Index the registrar's events into SQL up to the chain's head, then exit."""
@@ -270,6 +390,14 @@ def import_names(
     cache_only: Annotated[
         bool, typer.Option("--cache-only", help="Load the SQL cache only; write nothing on chain.")
     ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Take records whose key does not hash to addr or whose signature is not "
+            "over the name (checked by default).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Register the records of a names.json on the chain (resumable), or preload the cache."""
@@ -277,7 +405,7 @@ def import_names(
 
     settings = load_settings(data_dir=data_dir)
     configure_logging("warning", settings.log_format)
-    run_import(settings, file, cache_only)
+    run_import(settings, file, cache_only, verify=not no_verify)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.chain.indexer import Indexer, IndexerProgress
@@ -34,11 +35,30 @@ def _progress() -> Progress:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    stderr.print(f"[red]error:[/red] {message}")
+    # One line, whatever the terminal's width, and a path's brackets are not markup.
+    stderr.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
+def require_data_dir(settings: Settings, *, database: bool = False) -> None:
+    """Refuse a data dir (or SQLite file, with `database`) that does not exist: a typo in
+    --data-dir must not create an empty database and report an empty registry."""
+    sqlite = settings.sqlite_path()
+    if sqlite is None:
+        return  # PostgreSQL: no data dir is involved
+    folder = settings.data_dir if settings.database_url is None else sqlite.parent
+    if not folder.is_dir():
+        raise _fail(
+            f"no data dir at {folder}: check --data-dir / JAMINS_DATA_DIR "
+            "(`jamins serve` or `jamins migrate` makes one)",
+            2,
+        )
+    if database and not sqlite.is_file():
+        raise _fail(f"no database at {sqlite}: check --data-dir / JAMINS_DATABASE_URL", 2)
+
+
 def run_index(settings: Settings) -> None:
+    require_data_dir(settings)
     try:
         reached, loaded = asyncio.run(_index(settings))
     except (StartupError, ServiceUnavailable) as exc:
@@ -47,6 +67,7 @@ def run_index(settings: Settings) -> None:
 
 
 def run_export(settings: Settings, file: Path | None) -> None:
+    require_data_dir(settings, database=True)
     count, skipped = asyncio.run(_export(settings, file))
     # Chain records the mirror does not serve are reported one by one, never dropped silently.
     for name, why in skipped:
@@ -58,23 +79,34 @@ def run_export(settings: Settings, file: Path | None) -> None:
     )
 
 
-def run_import(settings: Settings, file: Path, cache_only: bool) -> None:
+def run_import(settings: Settings, file: Path, cache_only: bool, verify: bool = True) -> None:
+    require_data_dir(settings)
     try:
         entries = portability.read_names_file(file)
     except portability.NamesFileError as exc:
         raise _fail(str(exc), 2) from None
+    checked = (
+        portability.check_proofs(entries)
+        if verify
+        else portability.ProofCheck(accepted=entries, refused=[], unproven=0)
+    )
     try:
-        report, failed = asyncio.run(_import(settings, entries, cache_only))
+        report, failed = asyncio.run(_import(settings, checked.accepted, cache_only))
     except (StartupError, ServiceUnavailable) as exc:
         raise _fail(str(exc)) from None
-    stderr.print(
+    report.refused, report.unproven = checked.refused, checked.unproven
+    # Every record is counted once: registered, loaded, already there, or reported below.
+    summary = (
         f"{report.queued} registered, {report.loaded} loaded into the cache, "
         f"{report.already} already there, {len(report.conflicts)} conflicts, "
-        f"{len(failed)} failed"
+        f"{len(report.refused)} refused, {len(failed)} failed"
     )
-    for line in report.conflicts + failed:
-        stderr.print(f"  {line}")
-    if report.conflicts or failed:
+    if report.unproven:
+        summary += f" ({report.unproven} without key material: nothing to verify)"
+    stderr.print(summary, markup=False, highlight=False, soft_wrap=True)
+    for line in report.conflicts + report.refused + failed:
+        stderr.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    if report.conflicts or report.refused or failed:
         raise typer.Exit(1)
 
 

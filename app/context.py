@@ -18,7 +18,7 @@ from app.chain.client import ChainClient
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.db import make_async_engine, make_sessionmaker, migrate
-from app.leader import leader_lock
+from app.leader import DataDirInUse, DataDirLock, leader_lock
 from app.main import (
     StartupError,
     fund_embedded_signer,
@@ -45,6 +45,7 @@ async def open_chain(settings: Settings) -> AsyncIterator[ChainContext]:
     engine = make_async_engine(settings)
     lock = leader_lock(engine, settings.sqlite_path())
     node: AnvilNode | None = None
+    node_lock: DataDirLock | None = None
     client: ChainClient | None = None
     is_leader = await lock.try_acquire()
     try:
@@ -56,6 +57,12 @@ async def open_chain(settings: Settings) -> AsyncIterator[ChainContext]:
                     "`jamins serve` is running on this data directory and owns its chain "
                     "node: stop it first, or point JAMINS_RPC_URL at a node"
                 )
+            node_lock = DataDirLock(settings.data_dir)
+            try:
+                node_lock.acquire()
+            except DataDirInUse as exc:
+                node_lock = None
+                raise StartupError(str(exc)) from None
             node = start_embedded_node(settings)
             rpc_url = node.url
             if signer is None:
@@ -69,9 +76,12 @@ async def open_chain(settings: Settings) -> AsyncIterator[ChainContext]:
         registrar = await resolve_registrar(settings, client, signer, sessionmaker)
         yield ChainContext(settings, sessionmaker, client, registrar, signer, is_leader)
     finally:
-        await lock.release()
         if client is not None:
             await client.close()
         await engine.dispose()
+        # The node stops before the locks that keep a second one off its state go.
         if node is not None:
             node.stop()
+        if node_lock is not None:
+            node_lock.release()
+        await lock.release()

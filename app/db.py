@@ -43,13 +43,12 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def _engine_options(url: str, settings: Settings) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {}
-    timeout = max(1, int(settings.rpc_timeout))
     return {
         "pool_pre_ping": True,
-        "pool_size": 10,
-        "max_overflow": 10,
-        "pool_timeout": settings.rpc_timeout,
-        "connect_args": {"connect_timeout": timeout},
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_pool_size,
+        "pool_timeout": settings.db_pool_timeout,
+        "connect_args": {"connect_timeout": settings.db_connect_timeout},
     }
 
 
@@ -111,7 +110,9 @@ async def session_scope(
         if exc.connection_invalidated:
             raise DatabaseUnavailable() from exc
         raise
-    except TimeoutError as exc:
+    except (TimeoutError, sqlalchemy.exc.TimeoutError) as exc:
+        # sqlalchemy.exc.TimeoutError (the pool is full) is not the builtin TimeoutError.
+        logger.warning("database error: %s", exc.__class__.__name__)
         raise DatabaseUnavailable() from exc
 
 

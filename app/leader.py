@@ -21,6 +21,14 @@ logger = logging.getLogger(__name__)
 
 # An arbitrary constant naming this lock among the database's advisory locks ("jamins").
 ADVISORY_KEY = 0x6A616D696E73
+# What a lost or saturated database raises here (the pool's TimeoutError is none of the
+# others); anything else ends the leader loop, which its supervisor restarts.
+_DATABASE_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+)
 
 
 class LeaderLock:
@@ -48,7 +56,7 @@ class AdvisoryLock(LeaderLock):
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}
             )
             await connection.commit()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError):
+        except _DATABASE_DOWN:
             return False
         if not got:
             await connection.close()
@@ -62,7 +70,7 @@ class AdvisoryLock(LeaderLock):
         try:
             await self.connection.scalar(text("SELECT 1"))
             await self.connection.commit()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError):
+        except _DATABASE_DOWN:
             # The session that held the lock is gone, and the lock with it.
             await self._drop()
             return False
@@ -75,7 +83,7 @@ class AdvisoryLock(LeaderLock):
                     text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY}
                 )
                 await self.connection.commit()
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError):
+            except _DATABASE_DOWN:
                 pass
             await self._drop()
 
@@ -122,3 +130,41 @@ def leader_lock(engine: AsyncEngine, sqlite_path: Path | None) -> LeaderLock:
         return AdvisoryLock(engine)
     assert sqlite_path is not None
     return FileLock(sqlite_path.with_name(sqlite_path.name + ".leader"))
+
+
+class DataDirInUse(RuntimeError):
+    """Another process runs the embedded node of this data directory."""
+
+
+class DataDirLock:
+    """Exclusive use of a data directory's embedded node, held from before the node starts
+    until after it stopped: two nodes on one state file would fork the chain."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "node.lock"
+        self.handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise DataDirInUse naming the directory and the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise DataDirInUse(
+                f"data directory {self.path.parent} is already in use by process {holder} "
+                "(another `jamins serve` or command): stop it first, or use another --data-dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

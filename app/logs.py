@@ -40,6 +40,21 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class ShortAccessLineFilter(logging.Filter):
+    """Cuts the path of uvicorn's access lines: a scanner's path may be kilobytes long."""
+
+    max_chars = 200
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = args[2]
+            if len(path) > self.max_chars:
+                cut = f"{path[: self.max_chars]}...({len(path)} chars)"
+                record.args = (*args[:2], cut, *args[3:])
+        return True
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
@@ -52,6 +67,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    access = logging.getLogger("uvicorn.access")
+    access.filters[:] = [f for f in access.filters if not isinstance(f, ShortAccessLineFilter)]
+    access.addFilter(ShortAccessLineFilter())
     # web3 logs request payloads at DEBUG, and a payload holds signed transactions.
     logging.getLogger("web3").setLevel(max(logging.INFO, root.level))
 

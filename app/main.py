@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy.exc
@@ -16,9 +16,9 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.admission import Admission
+from app.api.docs import serve_offline_docs
 from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
@@ -29,13 +29,22 @@ from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
+from app.chain_watch import ChainWatch
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
-from app.errors import RETRY_AFTER_SECONDS, BadRequest, JaminsError, handle_jamins_error
+from app.errors import BadRequest, JaminsError, handle_jamins_error
 from app.leader import leader_lock
 from app.logs import RequestIdMiddleware, configure_logging
 from app.metrics import Metrics, MetricsMiddleware, ops_lifespan
+from app.middlewares import (
+    HeadMiddleware,
+    PathPrefixMiddleware,
+    RequestBoundsMiddleware,
+    TimeoutMiddleware,
+)
 from app.services.registry import NameService
+from app.serving import ConnectionLimits, GuardedHttpProtocol
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +65,8 @@ class Runtime:
     node: AnvilNode | None = None
     client: ChainClient | None = None
     background: Background | None = None
-    background_task: asyncio.Task[None] | None = None
+    chain_watch: ChainWatch | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
 
 def start_embedded_node(settings: Settings) -> AnvilNode:
@@ -70,6 +80,9 @@ def start_embedded_node(settings: Settings) -> AnvilNode:
         block_time=settings.embedded_block_time,
         state_interval=settings.embedded_state_interval,
         log_file=chain_dir / "anvil.log",
+        # No funded dev accounts: any local process could spend them. The signer is
+        # given its balance with anvil_setBalance (fund_embedded_signer).
+        accounts=0,
     )
     node.start()
     logger.info("embedded chain node at %s (state in %s)", node.url, chain_dir)
@@ -217,6 +230,22 @@ async def _indexer_factory(
     return make
 
 
+def admission_for(settings: Settings) -> Admission:
+    """This process's share of the per-client registration limit.
+
+    Each of `--workers N` processes keeps its own buckets, and a client's connections land
+    on any of them: each gets 1/N of the rate and of the burst (at least 1), so one client
+    never gets more than the configured rate in all (it may get less when its requests all
+    reach one worker). The pending-queue bound counts SQL rows, shared by every worker.
+    """
+    workers = settings.workers
+    return Admission(
+        rate_per_minute=settings.register_rate_per_minute / workers,
+        burst=max(1, settings.register_burst // workers),
+        max_pending=settings.max_pending,
+    )
+
+
 @contextlib.asynccontextmanager
 async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     runtime = Runtime()
@@ -245,11 +274,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             registrar=registrar,
             negative_cache_seconds=settings.negative_cache_seconds,
             registrations_enabled=signer is not None,
-            admission=Admission(
-                rate_per_minute=settings.register_rate_per_minute,
-                burst=settings.register_burst,
-                max_pending=settings.max_pending,
-            ),
+            admission=admission_for(settings),
             lookup_cache_seconds=settings.lookup_cache_seconds,
             owner_address=signer.address if signer is not None else None,
             serve_pending=settings.only_writer(),
@@ -269,7 +294,15 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         )
         service.on_accepted.append(background.wake)
         runtime.background = background
-        runtime.background_task = asyncio.create_task(background.run(), name="leader")
+        runtime.supervisor.start("leader", background.run)
+        runtime.chain_watch = ChainWatch(
+            client=client,
+            registrar_address=registrar.address,
+            interval=settings.chain_watch_seconds,
+            on_change=lambda problem: setattr(service, "chain_problem", problem),
+        )
+        runtime.supervisor.start("chain-watch", runtime.chain_watch.run)
+        runtime.supervisor.adopt(background.work)
         if signer is None:
             logger.warning("no signer key: lookups only, registrations answer 503")
         app.state.service = service
@@ -283,10 +316,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         )
         yield
     finally:
-        if runtime.background_task is not None:
-            runtime.background_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runtime.background_task
+        await runtime.supervisor.stop()
         if runtime.client is not None:
             await runtime.client.close()
         await engine.dispose()
@@ -294,58 +324,26 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             await asyncio.to_thread(runtime.node.stop)
 
 
-class TimeoutMiddleware:
-    """Answer 503 to any request not answered within `seconds`: clients never time out."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            async with asyncio.timeout(self.seconds):
-                await self.app(scope, receive, tracking_send)
-        except TimeoutError:
-            if started:
-                raise
-            logger.warning("request timed out: %s %s", scope["method"], scope["path"])
-            response = JSONResponse(
-                {"error": "request timed out"},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            await response(scope, receive, send)
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router
+        if included is not None:
+            yield from _leaf_routes(included.routes)
+        else:
+            yield route
 
 
-class PathPrefixMiddleware:
-    """Serve the API under `prefix` as well as at the root (PROTOCOL.md §1)."""
-
-    def __init__(self, app: ASGIApp, prefix: str) -> None:
-        self.app = app
-        self.prefix = prefix
-        self.raw_prefix = prefix.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            scope["path"] == self.prefix or scope["path"].startswith(self.prefix + "/")
-        ):
-            scope = dict(scope)
-            scope["path"] = scope["path"][len(self.prefix) :] or "/"
-            raw = scope.get("raw_path")
-            if raw is not None and raw.startswith(self.raw_prefix):
-                scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
-        await self.app(scope, receive, send)
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for route in _leaf_routes(request.app.router.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")  # HeadMiddleware answers it
+    return ", ".join(sorted(methods))
 
 
 async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -353,8 +351,11 @@ async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
     body: dict[str, Any] = {"error": str(exc.detail).lower()}
     if request.method == "POST":
         body = {"success": False, **body}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     # Unknown routes stay 404/405; they are not name lookups.
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -382,10 +383,20 @@ def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+def configure_connections(settings: Settings) -> None:
+    """The connection bounds of this process's server protocol (app.serving)."""
+    GuardedHttpProtocol.configure(
+        ConnectionLimits(
+            header_timeout=settings.header_timeout, max_connections=settings.max_connections
+        )
+    )
+
+
 def create_app_from_env() -> FastAPI:
     """The app of one worker process of `jamins serve --workers N`."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_connections(settings)
     return create_app(settings)
 
 
@@ -408,6 +419,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(ops_router)
+    serve_offline_docs(app)
     app.state.metrics = Metrics(app)
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
@@ -422,6 +434,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HeadMiddleware)
     if settings.path_prefix:
         app.add_middleware(PathPrefixMiddleware, prefix=settings.path_prefix)
+    # Outermost: nothing is kept for a request this refuses.
+    app.add_middleware(RequestBoundsMiddleware)
     return app

@@ -29,10 +29,13 @@ from app.chain.writer import GasPolicy, current_gas_price
 from app.errors import ServiceUnavailable
 from app.models import PENDING, Registration
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
 REGISTRATION_GAS = 1_400_000  # what one registration with an RSA-4096 key costs
+# A method is any token a client sends: label only these, the rest as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 
 
@@ -178,6 +181,8 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = str(scope.get("method", ""))
+            if method not in _METHODS:
+                method = "other"
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
 
@@ -231,20 +236,39 @@ async def check_chain(app: FastAPI, settings: Settings) -> tuple[str, int | None
     metrics.chain_head.set(head)
     if chain_id != settings.chain_id:
         return f"the node serves chain id {chain_id}, not {settings.chain_id}", head
+    watch = getattr(getattr(app.state, "runtime", None), "chain_watch", None)
+    if watch is not None and watch.problem is not None:
+        return str(watch.problem), head
     return "ok", head
+
+
+def check_background(app: FastAPI) -> str:
+    """ "ok", or each background loop that is not running (it is being restarted)."""
+    supervisor: Supervisor | None = getattr(getattr(app.state, "runtime", None), "supervisor", None)
+    if supervisor is None:
+        return "not started"
+    problems = supervisor.problems()
+    if not problems:
+        return "ok"
+    return "; ".join(f"{name} {why}" for name, why in sorted(problems.items()))
 
 
 async def readiness(app: FastAPI, settings: Settings) -> Readiness:
     """Database answers, chain node answers with the configured chain id, indexer lag
     within `ready_max_lag_blocks`."""
     database, (chain, head) = await asyncio.gather(
-        check_database(app, settings.rpc_timeout), check_chain(app, settings)
+        check_database(app, settings.db_pool_timeout), check_chain(app, settings)
     )
     lag = indexer_lag(current_indexer(app))
     indexer = "ok"
     if lag > settings.ready_max_lag_blocks:
         indexer = f"{lag} blocks behind (more than {settings.ready_max_lag_blocks})"
-    checks = {"database": database, "chain": chain, "indexer": indexer}
+    checks = {
+        "database": database,
+        "chain": chain,
+        "indexer": indexer,
+        "background": check_background(app),
+    }
     # A writer that cannot make progress leaves accepted registrations unsent.
     problem = getattr(current_writer(app), "problem", None)
     writer_problem = problem() if callable(problem) else None
@@ -261,7 +285,7 @@ async def refresh_metrics(app: FastAPI, settings: Settings) -> None:
     if service is None:
         return
     try:
-        async with asyncio.timeout(settings.rpc_timeout), service.sessionmaker() as session:
+        async with asyncio.timeout(settings.db_pool_timeout), service.sessionmaker() as session:
             pending = await session.scalar(
                 select(func.count()).select_from(Registration).where(Registration.state == PENDING)
             )
@@ -355,9 +379,13 @@ class BalanceWatch:
 @contextlib.asynccontextmanager
 async def ops_lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     """Runs the balance watch while the app serves (when it has a signer)."""
-    client: ChainClient | None = getattr(getattr(app.state, "runtime", None), "client", None)
+    runtime = getattr(app.state, "runtime", None)
+    client: ChainClient | None = getattr(runtime, "client", None)
     signer_address: str | None = getattr(app.state, "signer_address", None)
-    task: asyncio.Task[None] | None = None
+    supervisor = Supervisor()
+    parent: Supervisor | None = getattr(runtime, "supervisor", None)
+    if parent is not None:
+        parent.adopt(supervisor)
     if client is not None and signer_address is not None:
         watch = BalanceWatch(
             app=app,
@@ -367,11 +395,10 @@ async def ops_lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             interval=settings.balance_check_seconds,
             warn_below=settings.low_balance_registrations,
         )
-        task = asyncio.create_task(watch.run(), name="balance-watch")
+        supervisor.start("balance-watch", watch.run)
     try:
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await supervisor.stop()
+        if parent is not None:
+            parent.disown(supervisor)

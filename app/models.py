@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app import names
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
@@ -19,15 +22,37 @@ class Base(DeclarativeBase):
     pass
 
 
+def _skeleton_of_row(context: DefaultExecutionContext) -> str:
+    """The look-alike key of the row being inserted, so that every writer of `names` (the
+    registry, the indexer, the writer, imports) stores it without knowing of it."""
+    parameters = context.get_current_parameters()  # type: ignore[no-untyped-call]
+    return names.name_skeleton(parameters["name"])
+
+
 class NameRecord(Base):
     """A name as lookups see it: read from the chain, or accepted here and still pending."""
 
     __tablename__ = "names"
+    __table_args__ = (
+        # Two registrations that passed the look-alike check at the same instant cannot
+        # both be stored: a second pending name with a skeleton is refused (the registry
+        # answers 409). Only pending rows: names already on the chain may collide.
+        Index(
+            "ix_names_pending_skeleton",
+            "skeleton",
+            unique=True,
+            sqlite_where=text("pending"),
+            postgresql_where=text("pending"),
+        ),
+    )
 
     # The exact on-chain string (the bytes32 key), which is also what was signed.
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     # Lookups and uniqueness use the fold (app.names.fold).
     folded_name: Mapped[str] = mapped_column(String(128), unique=True)
+    # UTS #39 skeleton of the name (app.names.name_skeleton): a registration whose skeleton
+    # is already here is taken. Not unique: names on the chain before the rule may collide.
+    skeleton: Mapped[str] = mapped_column(Text, index=True, default=_skeleton_of_row)
     addr: Mapped[str] = mapped_column(String(40), index=True)
     owner: Mapped[str] = mapped_column(String(40))
     publickey: Mapped[str | None] = mapped_column(Text)

@@ -17,8 +17,8 @@ The policy stands on two standards, with the Jami constraints on top (README "Na
   any case) and compare by `fold`.
 
 Lookups only apply the character rules (`check_lookup_name`): a name that was registered on
-the chain before a stricter rule keeps resolving. Registrations also apply the look-alike
-rules (`check_registration_name`).
+the chain before a stricter rule keeps resolving. Registrations also apply the PRECIS
+profile itself and the look-alike rules (`check_registration_name`).
 
 All Unicode data comes from one version, `UNICODE_VERSION`: `unicodedata2` for character
 properties and normalisation (not Python's own `unicodedata`, whose version follows the
@@ -149,12 +149,15 @@ def scripts_of(ch: str) -> frozenset[str]:
     return frozenset({str(script) if script is not None else "Zzzz"})
 
 
-def resolved_scripts(name: str) -> frozenset[str] | None:
+def resolved_scripts(name: str, *, letters_only: bool = False) -> frozenset[str] | None:
     """UTS #39 resolved script set: the scripts every character of `name` could belong to,
     with Han, Kana, Hangul and Bopomofo widened to their writing systems. None when no
-    character has a script (digits, `-`, `_`, marks only)."""
+    character has a script (digits, `-`, `_`, marks only). `letters_only` leaves marks out,
+    as the policy did before UTS #39 (lookups)."""
     resolved: set[str] | None = None
     for ch in name:
+        if letters_only and not ucd.category(ch).startswith("L"):
+            continue
         scripts = scripts_of(ch)
         if scripts & _NO_SCRIPT:
             continue
@@ -244,6 +247,7 @@ def check_registration_name(name: str) -> str:
     if any(ch in _ASCII_UPPERCASE for ch in name):
         raise InvalidName("ASCII uppercase in a registered name")
     _check_characters(name)
+    _check_precis(name)
     _check_lookalikes(name)
     return fold(name)
 
@@ -287,6 +291,20 @@ def _check_characters(name: str) -> None:
             raise InvalidName(f"capital letter U+{ord(ch):04X} without case folding")
         after_letter = True
 
+    if resolved_scripts(name, letters_only=True) == frozenset():
+        _refuse_mixed(name)
+
+
+def _refuse_mixed(name: str) -> None:
+    scripts = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
+    raise InvalidName("mixes scripts: " + ", ".join(scripts))
+
+
+def _check_precis(name: str) -> None:
+    """RFC 8265 UsernameCasePreserved, for registrations. Beyond the character rules it adds
+    the Bidi Rule (a right-to-left name cannot start with a digit), the contextual rules
+    and the refusal of old Hangul jamo. Lookups skip it: names registered before it applied
+    keep resolving."""
     try:
         enforced = _PRECIS.enforce(name)
     except UnicodeError as exc:
@@ -294,10 +312,6 @@ def _check_characters(name: str) -> None:
         raise InvalidName(f"refused by PRECIS (RFC 8265): {reason}") from exc
     if enforced != name:
         raise InvalidName("not in PRECIS normal form")
-
-    if resolved_scripts(name) == frozenset():
-        letters = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
-        raise InvalidName("mixes scripts: " + ", ".join(letters))
 
 
 def _check_lookalikes(name: str) -> None:
@@ -310,6 +324,8 @@ def _check_lookalikes(name: str) -> None:
         raise InvalidName("ends with '-'")
     if any(a in _SEPARATORS and b in _SEPARATORS for a, b in itertools.pairwise(name)):
         raise InvalidName("two '-' or '_' in a row")
+    if resolved_scripts(name) == frozenset():
+        _refuse_mixed(name)  # a mark of another script (Greek perispomeni on Latin letters)
     decomposed = ucd.normalize("NFD", name)
     for ch in decomposed:
         if not scripts_of(ch) & _RECOMMENDED_SCRIPTS:

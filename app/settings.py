@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "jamins"
@@ -69,6 +71,34 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(
         default=15.0, gt=0, description="Seconds before any request is answered 503."
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's headers (from connecting, "
+        "or from the first byte of its next request) before it is closed.",
+    )
+    keepalive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection is kept open."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections per worker; beyond it the one waiting longest for its "
+        "headers is closed.",
+    )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL connections kept per worker; as many more open at peaks.",
+    )
+    db_pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a request waits for a free PostgreSQL connection (then 503).",
+    )
+    db_connect_timeout: int = Field(
+        default=5, ge=1, description="Seconds to connect to PostgreSQL before giving up (503)."
     )
     negative_cache_seconds: float = Field(
         default=5.0,
@@ -173,6 +203,12 @@ class Settings(BaseSettings):
         ge=0,
         description="/readyz fails when the indexer is more blocks than this behind the head.",
     )
+    chain_watch_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the server checks that the chain did not go backwards and "
+        "still holds the registrar.",
+    )
     balance_check_seconds: float = Field(
         default=60.0, gt=0, description="How often the signer's balance is checked."
     )
@@ -181,6 +217,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Warn when the signer's balance covers fewer registrations than this.",
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+        return value.lower()
 
     @field_validator("data_dir", "signer_key_file", "ssl_certfile", "ssl_keyfile")
     @classmethod
@@ -228,6 +271,8 @@ class Settings(BaseSettings):
             url = "postgresql://" + url.removeprefix("postgres://")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        if url.startswith("sqlite:///~"):
+            url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser())
         return url
 
     def async_sqlalchemy_url(self) -> str:

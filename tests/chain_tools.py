@@ -18,7 +18,6 @@ from app.chain.registrar import artifact, create_address
 from app.names import to_bytes32
 
 GAS_PRICE = 10**9
-CHAIN_ID = 1551
 
 
 def _selector(signature: str) -> bytes:
@@ -72,6 +71,8 @@ class DirectWriter:
         self.account = Account.from_key(key)
         self.contract = contract
         self.nonce = int(rpc(url, "eth_getTransactionCount", [self.account.address, "pending"]), 16)
+        self.chain_id = int(rpc(url, "eth_chainId", []), 16)
+        self.automining = True  # anvil; geth seals on its own clock (no evm_mine)
 
     @property
     def address(self) -> str:
@@ -131,7 +132,7 @@ class DirectWriter:
                 "gas": gas or (90_000 + 700 * len(data)),
                 "data": data,
                 "value": 0,
-                "chainId": CHAIN_ID,
+                "chainId": self.chain_id,
             }
             if to is not None:
                 tx["to"] = _checksum(to)
@@ -169,7 +170,13 @@ class DirectWriter:
                 )
             # anvil's automine makes one block per arriving transaction, each as full as
             # the gas limit allows: what a burst leaves in the pool waits for a block.
-            rpc(self.url, "evm_mine", [])
+            if self.automining:
+                try:
+                    rpc(self.url, "evm_mine", [])
+                except RuntimeError:  # geth: "the method evm_mine does not exist"
+                    self.automining = False
+            if not self.automining:
+                time.sleep(0.2)
 
 
 def _checksum(address: str) -> str:

@@ -119,6 +119,16 @@ def geth(geth_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield chain_node
 
 
+def own_chain_node(
+    kind: str, request: pytest.FixtureRequest, workdir: Path, **anvil_options: Any
+) -> ChainNode:
+    """A new (not started) node of a test's own: anvil with `anvil_options`, or a geth
+    sealing 1 s blocks in `workdir` (its chain and ports survive stop/start)."""
+    if kind == "anvil":
+        return AnvilNode(binary=request.getfixturevalue("anvil_binary"), **anvil_options)
+    return GethNode(workdir, binary=request.getfixturevalue("geth_binary"))
+
+
 def funded_key(chain_node: ChainNode) -> str:
     """A new key holding 10^24 wei on `chain_node`."""
     key = "0x" + secrets.token_hex(32)

@@ -271,7 +271,8 @@ class FakeNode:
         tx = self.pool.get(tx_hash)
         if tx is None and tx_hash not in self.receipts:
             return None
-        return {"hash": tx_hash}
+        # A node gives the gas limit too: receipts without a status are read against it.
+        return {"hash": tx_hash, "gas": hex(500_000)}
 
     def _eth_getLogs(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         low, high = int(query["fromBlock"], 16), int(query["toBlock"], 16)

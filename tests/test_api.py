@@ -19,7 +19,7 @@ from app.chain.registrar import artifact
 from app.names import to_bytes32
 from tests.chain_tools import DirectRecord
 from tests.chain_tools import DirectWriter as ChainWriter
-from tests.conftest import AccountSupply, funded_key, unique_name
+from tests.conftest import AccountSupply, ChainNode, funded_key, unique_name
 from tests.jami_keys import CAPTURED_BODY, CAPTURED_NAME
 from tests.server import ServerProcess
 
@@ -35,15 +35,19 @@ def register(http: httpx.Client, name: str, body: Any) -> httpx.Response:
 class DirectWriter:
     """Another party writing the registrar directly, not through our server."""
 
-    def __init__(self, anvil: AnvilNode, contract_address: str) -> None:
-        self.w3 = Web3(Web3.HTTPProvider(anvil.url))
-        self.key = funded_key(anvil)
+    def __init__(self, node: ChainNode, contract_address: str) -> None:
+        self.w3 = Web3(Web3.HTTPProvider(node.url))
+        self.chain_id = node.chain_id
+        self.key = funded_key(node)
         self.account = self.w3.eth.account.from_key(self.key)
         self.contract = self.w3.eth.contract(
             address=Web3.to_checksum_address(contract_address), abi=artifact()["abi"]
         )
 
-    def reserve_for(self, name: str, jami_id: str, *, gas_price: int = 2 * 10**9) -> str:
+    def reserve_for(
+        self, name: str, jami_id: str, *, gas_price: int = 2 * 10**9, wait: bool = True
+    ) -> str:
+        """Send reserveFor; with `wait`, return once it is mined (geth seals on its clock)."""
         call = self.contract.functions.reserveFor(
             to_bytes32(name),
             self.account.address,
@@ -57,11 +61,14 @@ class DirectWriter:
                 "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
                 "gas": 300_000,
                 "gasPrice": gas_price,
-                "chainId": 1551,
+                "chainId": self.chain_id,
             }
         )
         signed = self.account.sign_transaction(tx)
-        return "0x" + self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        if wait:
+            self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.2)
+        return "0x" + tx_hash.hex()
 
 
 @pytest.fixture
@@ -241,6 +248,47 @@ def test_register_taken_name_is_409(http: httpx.Client, new_account: AccountSupp
     assert answer.json() == {"success": False, "error": "name already taken"}
 
 
+def _lookalike_pair() -> tuple[str, str]:
+    """A fresh ASCII name and its all-Cyrillic look-alike (same digits on both)."""
+    digits = f"{secrets.randbelow(10**8):08d}"
+    return "paypal" + digits, "\u0440\u0430\u0443\u0440\u0430\u04cf" + digits
+
+
+def test_register_lookalike_of_taken_name_is_409(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    latin, cyrillic = _lookalike_pair()
+    first, second = new_account(), new_account()
+    assert register(http, latin, first.registration_body(latin)).status_code == 200
+    answer = register(http, cyrillic, second.registration_body(cyrillic))
+    assert answer.status_code == 409
+    assert answer.json() == {"success": False, "error": "name already taken"}
+    # Lookups stay exact: the original resolves, the look-alike is a free name.
+    assert http.get(f"/name/{latin}").json()["name"] == latin
+    assert http.get(f"/name/{cyrillic}").status_code == 404
+
+
+def test_register_ascii_name_after_its_lookalike_is_409(
+    http: httpx.Client, new_account: AccountSupply
+) -> None:
+    latin, cyrillic = _lookalike_pair()
+    first, second = new_account(), new_account()
+    assert register(http, cyrillic, first.registration_body(cyrillic)).status_code == 200
+    assert register(http, latin, second.registration_body(latin)).status_code == 409
+
+
+def test_register_lookalike_of_name_registered_on_chain_is_409(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str, new_account: AccountSupply
+) -> None:
+    """A name written straight to the contract counts once SQL has it (here from a lookup;
+    the indexer brings it too)."""
+    latin, cyrillic = _lookalike_pair()
+    DirectWriter(anvil, contract_address).reserve_for(latin, secrets.token_hex(20))
+    assert http.get(f"/name/{latin}").status_code == 200
+    account = new_account()
+    assert register(http, cyrillic, account.registration_body(cyrillic)).status_code == 409
+
+
 def test_register_second_name_for_address_is_403(
     http: httpx.Client, new_account: AccountSupply
 ) -> None:
@@ -353,10 +401,11 @@ def test_register_without_content_type_still_parses(
 # -- the chain as the source of truth ----------------------------------------------------
 
 
+@pytest.mark.nodes("anvil", "geth")
 def test_lookup_fills_from_names_registered_directly_on_chain(
-    http: httpx.Client, anvil: AnvilNode, contract_address: str
+    http: httpx.Client, node: ChainNode, contract_address: str
 ) -> None:
-    writer = DirectWriter(anvil, contract_address)
+    writer = DirectWriter(node, contract_address)
     name, jami_id = unique_name("direct"), secrets.token_hex(20)
     writer.reserve_for(name, jami_id)
     answer = http.get(f"/name/{name.upper()}")
@@ -394,7 +443,7 @@ def test_register_lost_on_chain_race_is_failed_not_confirmed(
         assert register(http, name, account.registration_body(name)).status_code == 200
         server.wait_sent(name)
         # Higher gas price: the rival's transaction goes first in the block.
-        writer.reserve_for(name, rival_id, gas_price=50 * 10**9)
+        writer.reserve_for(name, rival_id, gas_price=50 * 10**9, wait=False)
         rpc(anvil.url, "evm_mine")
     finally:
         rpc(anvil.url, "evm_setAutomine", [True])
@@ -457,11 +506,12 @@ def _eventually(check: Any, timeout: float = 15.0) -> Any:
         time.sleep(0.1)
 
 
+@pytest.mark.nodes("anvil", "geth")
 def test_direct_changes_reach_cached_lookups(
-    http: httpx.Client, anvil: AnvilNode, contract_address: str
+    http: httpx.Client, node: ChainNode, contract_address: str
 ) -> None:
     """setAddress and disown done on the contract replace answers already cached."""
-    writer = ChainWriter(anvil.url, funded_key(anvil), contract_address)
+    writer = ChainWriter(node.url, funded_key(node), contract_address)
     name, first_id, second_id = unique_name("moved"), secrets.token_hex(20), secrets.token_hex(20)
     writer.reserve_for([DirectRecord(name=name, jami_id=first_id)])
     for _ in range(3):  # served, then from memory

@@ -11,14 +11,22 @@ import httpx
 import pytest
 
 from app.chain.anvil import AnvilNode
-from tests.conftest import funded_key, unique_name
+from tests.conftest import ChainNode, funded_key, unique_name
+from tests.geth import GethNode
 from tests.jami_keys import make_account
 from tests.server import ServerProcess
 
 
-@pytest.fixture
-def own_node(anvil_binary: str, tmp_path: Path) -> Iterator[AnvilNode]:
-    node = AnvilNode(binary=anvil_binary, state_file=tmp_path / "state.json")
+@pytest.fixture(params=["anvil", "geth"])
+def own_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
+    """A node of this test's own that keeps its chain (and port) across a restart."""
+    node: ChainNode
+    if request.param == "anvil":
+        node = AnvilNode(
+            binary=request.getfixturevalue("anvil_binary"), state_file=tmp_path / "state.json"
+        )
+    else:
+        node = GethNode(tmp_path / "geth", binary=request.getfixturevalue("geth_binary"))
     node.start()
     try:
         yield node
@@ -27,12 +35,13 @@ def own_node(anvil_binary: str, tmp_path: Path) -> Iterator[AnvilNode]:
 
 
 def test_chain_outage_serves_known_names_and_503_for_the_rest(
-    own_node: AnvilNode, tmp_path: Path
+    own_node: ChainNode, tmp_path: Path
 ) -> None:
     server = ServerProcess(
         data_dir=tmp_path / "server",
         env={
             "JAMINS_RPC_URL": own_node.url,
+            "JAMINS_CHAIN_ID": str(own_node.chain_id),
             "JAMINS_DEPLOY": "true",
             "JAMINS_SIGNER_KEY": funded_key(own_node),
             "JAMINS_RPC_TIMEOUT": "2",

@@ -76,6 +76,15 @@ def test_settings_expand_home_in_paths(
     assert getattr(settings, field) == tmp_path / "jamins" / field
 
 
+def test_settings_expand_home_in_an_sqlite_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = Settings(database_url="sqlite:///~/names/jamins.sqlite3")
+    assert settings.sqlite_path() == tmp_path / "names" / "jamins.sqlite3"
+    assert settings.async_sqlalchemy_url() == f"sqlite+aiosqlite:///{tmp_path}/names/jamins.sqlite3"
+
+
 @pytest.fixture
 def example_server(
     tmp_path: Path, anvil_binary: str

@@ -20,7 +20,7 @@ from eth_account import Account
 
 from app.chain.anvil import AnvilNode, rpc
 from tests.chain_tools import DirectRecord, DirectWriter
-from tests.conftest import funded_key, unique_name
+from tests.conftest import ChainNode, funded_key, unique_name
 from tests.faults import (
     Load,
     chain_addr,
@@ -31,6 +31,7 @@ from tests.faults import (
     quick_accounts,
     sigkill,
 )
+from tests.geth import GethNode
 from tests.jami_keys import JamiAccount
 from tests.pg import PostgresServer
 from tests.server import ServerProcess
@@ -45,9 +46,10 @@ def node(anvil_binary: str, tmp_path: Path) -> Iterator[AnvilNode]:
         yield running
 
 
-def _server_env(node: AnvilNode, key: str, **extra: str) -> dict[str, str]:
+def _server_env(node: ChainNode, key: str, **extra: str) -> dict[str, str]:
     return {
         "JAMINS_RPC_URL": node.url,
+        "JAMINS_CHAIN_ID": str(node.chain_id),
         "JAMINS_DEPLOY": "true",
         "JAMINS_SIGNER_KEY": key,
         "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
@@ -61,58 +63,70 @@ def _post(http: httpx.Client, name: str, body: dict[str, str]) -> int:
     return http.post(f"/name/{name}", json=body).status_code
 
 
+@pytest.fixture(params=["anvil", "geth"])
+def one_second_blocks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
+    """A node sealing a block every second: anvil's interval mining, or geth's Clique."""
+    node: ChainNode
+    if request.param == "anvil":
+        node = AnvilNode(binary=request.getfixturevalue("anvil_binary"), block_time=1)
+    else:
+        node = GethNode(tmp_path / "geth", binary=request.getfixturevalue("geth_binary"))
+    with node:
+        yield node
+
+
 def test_kill_9_with_pending_and_in_flight_registrations_on_1s_blocks(
-    anvil_binary: str, tmp_path: Path
+    one_second_blocks: ChainNode, tmp_path: Path
 ) -> None:
     accepted = 9
-    with AnvilNode(binary=anvil_binary, block_time=1) as node:
-        key = funded_key(node)
-        # Two in flight at a time: at the kill some are confirmed, two are sent and not
-        # mined, and the rest wait unsent in SQL.
-        server = ServerProcess(
-            data_dir=tmp_path / "server", env=_server_env(node, key, JAMINS_MAX_IN_FLIGHT="2")
-        )
-        server.start()
-        names = [unique_name("kill") for _ in range(accepted)]
-        accounts = quick_accounts(accepted, offset=0)
-        try:
-            with httpx.Client(base_url=server.url, timeout=30) as http:
-                for name, account in zip(names, accounts, strict=True):
-                    assert _post(http, name, account.registration_body(name)) == 200
-            server.wait_settled(names[0])
-            states = [server.registration(name) for name in names]
-            server.kill()
-        finally:
-            server.stop()
-        at_kill = {
-            "confirmed": sum(s["state"] == "confirmed" for s in states),
-            "in flight": sum(s["state"] == "pending" and bool(s["tx"]) for s in states),
-            "unsent": sum(s["state"] == "pending" and not s["tx"] for s in states),
-        }
-        assert at_kill["unsent"] > 0, at_kill  # the kill came with work still queued
+    node = one_second_blocks
+    key = funded_key(node)
+    # Two in flight at a time: at the kill some are confirmed, two are sent and not
+    # mined, and the rest wait unsent in SQL.
+    server = ServerProcess(
+        data_dir=tmp_path / "server", env=_server_env(node, key, JAMINS_MAX_IN_FLIGHT="2")
+    )
+    server.start()
+    names = [unique_name("kill") for _ in range(accepted)]
+    accounts = quick_accounts(accepted, offset=0)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for name, account in zip(names, accounts, strict=True):
+                assert _post(http, name, account.registration_body(name)) == 200
+        server.wait_settled(names[0])
+        states = [server.registration(name) for name in names]
+        server.kill()
+    finally:
+        server.stop()
+    at_kill = {
+        "confirmed": sum(s["state"] == "confirmed" for s in states),
+        "in flight": sum(s["state"] == "pending" and bool(s["tx"]) for s in states),
+        "unsent": sum(s["state"] == "pending" and not s["tx"] for s in states),
+    }
+    assert at_kill["unsent"] > 0, at_kill  # the kill came with work still queued
 
-        server.start()
-        try:
-            settled = [server.wait_settled(name, timeout=60) for name in names]
-            contract = server.registrar_address()
-        finally:
-            server.stop()
-        confirmed = [s for s in settled if s["state"] == "confirmed"]
-        bound = [
-            chain_addr(node.url, contract, name) == account.jami_id
-            for name, account in zip(names, accounts, strict=True)
-        ]
-        sent = nonce_count(node.url, Account.from_key(key).address)
-        print(
-            f"\nkill -9 on 1 s blocks: at the kill {at_kill}; after restart "
-            f"accepted={accepted} confirmed={len(confirmed)} "
-            f"failed={accepted - len(confirmed)} transactions={sent} (deploy + {sent - 1})"
-        )
-        assert len(confirmed) == accepted
-        assert all(bound)
-        # One deployment and exactly one transaction per registration: no gap, no double.
-        assert sent == 1 + accepted
-        assert len({s["tx"] for s in confirmed}) == accepted
+    server.start()
+    try:
+        settled = [server.wait_settled(name, timeout=60) for name in names]
+        contract = server.registrar_address()
+    finally:
+        server.stop()
+    confirmed = [s for s in settled if s["state"] == "confirmed"]
+    bound = [
+        chain_addr(node.url, contract, name) == account.jami_id
+        for name, account in zip(names, accounts, strict=True)
+    ]
+    sent = nonce_count(node.url, Account.from_key(key).address)
+    print(
+        f"\nkill -9 on 1 s blocks: at the kill {at_kill}; after restart "
+        f"accepted={accepted} confirmed={len(confirmed)} "
+        f"failed={accepted - len(confirmed)} transactions={sent} (deploy + {sent - 1})"
+    )
+    assert len(confirmed) == accepted
+    assert all(bound)
+    # One deployment and exactly one transaction per registration: no gap, no double.
+    assert sent == 1 + accepted
+    assert len({s["tx"] for s in confirmed}) == accepted
 
 
 def test_kill_9_then_node_restart_from_its_state_file_confirms_mined_registrations(
@@ -150,6 +164,44 @@ def test_kill_9_then_node_restart_from_its_state_file_confirms_mined_registratio
                 assert _post(http, later, account.registration_body(later)) == 200
                 assert server.wait_settled(later)["state"] == "confirmed"
                 assert http.get("/readyz").json()["status"] == "ready"
+            contract = server.registrar_address()
+        finally:
+            server.stop()
+        assert [s["state"] for s in settled] == ["confirmed"] * len(names)
+        assert [chain_addr(node.url, contract, name) for name in names] == [
+            account.jami_id for account in accounts
+        ]
+
+
+def test_kill_9_then_restart_of_a_geth_full_node_confirms_mined_registrations(
+    geth_binary: str, tmp_path: Path
+) -> None:
+    """The realistic case of the test above: geth's default full node (not an archive)
+    restarted keeps the head's state and the receipts, not the state of the blocks that
+    mined our transactions while the server was down ("missing trie node")."""
+    with GethNode(tmp_path / "geth", binary=geth_binary, archive=False) as node:
+        env = _server_env(node, funded_key(node), JAMINS_CONFIRMATIONS="0")
+        server = ServerProcess(data_dir=tmp_path / "server", env=env)
+        server.start()
+        accounts = quick_accounts(3, offset=34)
+        names = [unique_name("fullnode") for _ in accounts]
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                for name, account in zip(names, accounts, strict=True):
+                    assert _post(http, name, account.registration_body(name)) == 200
+            for name in names:
+                server.wait_sent(name)
+            server.kill()
+        finally:
+            server.stop()
+        node.wait_for_block(node.block_number() + 4)  # ours mined, and more blocks on top
+        node.stop()
+        node.start()
+        server.start()
+        try:
+            settled = [server.wait_settled(name, timeout=60) for name in names]
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/readyz").json()["checks"]["writer"] == "ok"
             contract = server.registrar_address()
         finally:
             server.stop()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique_name
+from tests.conftest import funded_key, unique_name
+from tests.geth import GethNode
 from tests.jamid import (
     JamiAccountRef,
     JamiDaemon,
@@ -156,6 +157,42 @@ def test_lookups_from_a_fresh_daemon_find_the_name(
         registered.name,
     )
     daemon.stop()
+
+
+def test_register_and_look_up_through_the_daemon_on_a_server_on_geth(
+    daemons: Daemons, geth: GethNode, tmp_path: Path
+) -> None:
+    """The same daemon flow, with the name server on geth 1.13.15 (Clique, 1 s blocks):
+    the daemon registers, the chain confirms, a fresh daemon finds it both ways."""
+    server = ServerProcess(
+        data_dir=tmp_path / "server",
+        env={
+            "JAMINS_RPC_URL": geth.url,
+            "JAMINS_CHAIN_ID": str(geth.chain_id),
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": funded_key(geth),
+            "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+        },
+    )
+    server.start()
+    try:
+        registrant = daemons.start("geth-registrant")
+        account = registrant.add_account(nameserver=server.url, alias="geth-registrant")
+        account_id, jami_id = account.account_id, account.jami_id
+        name = unique_name("gethd")
+        assert registrant.register_name(account_id, name) is RegistrationState.SUCCESS
+        settled = server.wait_settled(name, timeout=60)
+        assert settled["state"] == "confirmed"
+        assert int(str(settled["block"])) <= geth.block_number()
+        reader, reader_id = fresh_account(daemons, server, "geth-reader")
+        found = reader.lookup_name(reader_id, name)
+        assert (found.state, found.address) == (LookupState.FOUND, jami_id)
+        found = reader.lookup_address(reader_id, jami_id)
+        assert (found.state, found.name) == (LookupState.FOUND, name)
+        registrant.stop()
+        reader.stop()
+    finally:
+        server.stop()
 
 
 def test_lookup_address_of_an_unnamed_account_is_not_found(

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.logs import RequestIdMiddleware, request_id
-from app.main import PathPrefixMiddleware, TimeoutMiddleware
+from app.logs import RequestIdMiddleware, ShortAccessLineFilter, request_id
+from app.middlewares import PathPrefixMiddleware, TimeoutMiddleware
 
 
 async def _echo(request: Request) -> JSONResponse:
@@ -90,3 +90,31 @@ def test_request_id_is_made_when_absent() -> None:
     second = _get(RequestIdMiddleware(_app()), "/name/x").headers["x-request-id"]
     assert first != second
     assert len(first) == 16
+
+
+def test_timed_out_post_says_success_false() -> None:
+    async def go() -> httpx.Response:
+        app = TimeoutMiddleware(Starlette(routes=[Route("/slow", _slow, methods=["POST"])]), 0.2)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/slow", json={})
+
+    answer = asyncio.run(go())
+    assert answer.status_code == 503
+    assert answer.json() == {"success": False, "error": "request timed out"}
+
+
+def test_access_log_line_cuts_long_path() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/name/" + "a" * 60_000, "1.1", 400),
+        None,
+    )
+    assert ShortAccessLineFilter().filter(record)
+    line = record.getMessage()
+    assert len(line) < 300
+    assert "(60006 chars)" in line

@@ -33,3 +33,42 @@ def test_migrate_builds_the_models_schema(
     finally:
         engine.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrate_backfills_skeletons(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0003 gives the names already stored their look-alike key, colliding ones included."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from app.db import alembic_config
+    from app.names import name_skeleton
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        url = postgres.create_database("migrations_skeleton")
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    command.upgrade(alembic_config(settings), "0002")
+    stored = ["paypal", "раураӏ", "élodie", "-rf"]  # noqa: RUF001 (the look-alike is the point)
+    engine = make_sync_engine(settings)
+    try:
+        with engine.begin() as connection:
+            for name in stored:
+                connection.execute(
+                    text(
+                        "INSERT INTO names (name, folded_name, addr, owner, pending, updated_at)"
+                        " VALUES (:name, :name, :addr, :addr, false, CURRENT_TIMESTAMP)"
+                    ),
+                    {"name": name, "addr": "0" * 40},
+                )
+        migrate(settings)
+        with engine.connect() as connection:
+            rows = dict(connection.execute(text("SELECT name, skeleton FROM names")).all())
+    finally:
+        engine.dispose()
+    assert rows == {name: name_skeleton(name) for name in stored}
+    assert rows["paypal"] == rows["раураӏ"] == "paypal"  # noqa: RUF001

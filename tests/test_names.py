@@ -171,6 +171,9 @@ LOOKALIKE_NAMES = [
     ),
     pytest.param("þorp", "looks like the ASCII name 'porp'", id="thorn-reads-as-p"),
     pytest.param("ꓓꓰꓟ", "not recommended", id="lisu-other"),
+    # Marks count for the script rule of registrations (UTS #39), not of lookups (as before).
+    pytest.param("ab\u0342", "mixes scripts", id="greek-mark-on-latin-letters"),
+    pytest.param("abc\u0591", "mixes scripts", id="hebrew-accent-on-latin-letters"),
     pytest.param("ᏣᎳᎩ", "not recommended", id="cherokee-limited-use"),
     pytest.param("ᐃᓄᒃᑎᑐᑦ", "not recommended", id="canadian-syllabics-limited-use"),
 ]
@@ -589,6 +592,9 @@ def test_fold_is_precis_username_case_mapped_with_case_folding(name: str, folded
         pytest.param("\u1100\u1100\u1100", id="old-hangul-jamo-run"),
     ],
 )
-def test_check_lookup_name_refuses_by_precis(name: str) -> None:
+def test_check_registration_name_refuses_by_precis(name: str) -> None:
+    """PRECIS rules the old policy lacked: registrations only, so such names, if already on a
+    chain, keep resolving."""
     with pytest.raises(InvalidName, match="PRECIS"):
-        check_lookup_name(name)
+        check_registration_name(name)
+    assert check_lookup_name(name) == fold(name)

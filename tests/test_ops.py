@@ -95,7 +95,13 @@ def test_readyz_ready(http: httpx.Client) -> None:
     assert answer.status_code == 200
     body = answer.json()
     assert body["status"] == "ready"
-    assert body["checks"] == {"database": "ok", "chain": "ok", "indexer": "ok", "writer": "ok"}
+    assert body["checks"] == {
+        "database": "ok",
+        "chain": "ok",
+        "indexer": "ok",
+        "background": "ok",
+        "writer": "ok",
+    }
     assert isinstance(body["head_block"], int)
     assert body["indexer_lag"] >= 0
 
@@ -218,6 +224,8 @@ def test_low_balance_warns_then_refuses_registrations_with_503(
             name, account = unique_name("cheap"), make_account()
             answer = http.post(f"/name/{name}", json=account.registration_body(name))
             assert answer.json() == {"success": True}
+            # Mined before the balance drops: else it is sent after the refund below.
+            assert server.wait_settled(name)["state"] == "confirmed"
 
             fund(own_node.url, signer, ONE_REGISTRATION - 1)
             wait_for(lambda: registrations_left() == 0, what="0 registrations left")

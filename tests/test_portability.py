@@ -15,7 +15,10 @@ import pytest
 
 from app.chain.anvil import AnvilNode
 from tests.chain_tools import DirectRecord, DirectWriter
-from tests.conftest import funded_key, unique_name
+from tests.chain_tools import _selector as selector
+from tests.chain_tools import rpc as chain_rpc
+from tests.conftest import ChainNode, funded_key, own_chain_node, unique_name
+from tests.jami_keys import account_pool
 from tests.pg import PostgresServer
 from tests.server import REPO_ROOT
 
@@ -26,9 +29,10 @@ def node_a(anvil_binary: str) -> Iterator[AnvilNode]:
         yield node
 
 
-@pytest.fixture
-def node_b(anvil_binary: str) -> Iterator[AnvilNode]:
-    with AnvilNode(binary=anvil_binary) as node:
+@pytest.fixture(params=["anvil", "geth"])
+def node_b(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
+    """The chain names are imported into: anvil, or a private geth chain."""
+    with own_chain_node(request.param, request, tmp_path / "geth-b") as node:
         yield node
 
 
@@ -59,7 +63,7 @@ def written_records() -> list[DirectRecord]:
 
 
 def test_export_import_export_round_trips_byte_for_byte(
-    node_a: AnvilNode, node_b: AnvilNode, tmp_path: Path, postgres: PostgresServer
+    node_a: AnvilNode, node_b: ChainNode, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     writer = DirectWriter(node_a.url, funded_key(node_a))
     contract = writer.deploy()
@@ -71,6 +75,7 @@ def test_export_import_export_round_trips_byte_for_byte(
         "JAMINS_INDEX_FROM_BLOCK": "0",
         "JAMINS_DATA_DIR": str(tmp_path / "a"),
     }
+    (tmp_path / "a").mkdir()
     indexed = jamins("index", env=env_a)
     assert indexed.returncode == 0, indexed.stderr
     first = tmp_path / "a.json"
@@ -89,15 +94,17 @@ def test_export_import_export_round_trips_byte_for_byte(
 
     env_b = {
         "JAMINS_RPC_URL": node_b.url,
+        "JAMINS_CHAIN_ID": str(node_b.chain_id),
         "JAMINS_DEPLOY": "true",
         "JAMINS_SIGNER_KEY": funded_key(node_b),
         "JAMINS_DATABASE_URL": postgres.create_database(f"rt_{secrets.token_hex(4)}"),
         "JAMINS_DATA_DIR": str(tmp_path / "b"),
     }
-    imported = jamins("import", str(first), env=env_b)
+    # The keys and signatures are random bytes: only their bytes are round-tripped here.
+    imported = jamins("import", "--no-verify", str(first), env=env_b)
     assert imported.returncode == 0, imported.stderr
     assert f"{len(written)} registered" in imported.stderr
-    again = jamins("import", str(first), env=env_b)  # resumable: nothing twice
+    again = jamins("import", "--no-verify", str(first), env=env_b)  # resumable: nothing twice
     assert again.returncode == 0, again.stderr
     assert f"0 registered, 0 loaded into the cache, {len(written)} already there" in again.stderr
 
@@ -106,8 +113,14 @@ def test_export_import_export_round_trips_byte_for_byte(
     assert jamins("export", str(second), env=env_b).returncode == 0
     assert second.read_bytes() == first.read_bytes()
 
-    env_c = {"JAMINS_DATA_DIR": str(tmp_path / "c"), "JAMINS_RPC_URL": node_b.url}
-    assert jamins("import", "--cache-only", str(first), env=env_c).returncode == 0
+    env_c = {
+        "JAMINS_DATA_DIR": str(tmp_path / "c"),
+        "JAMINS_RPC_URL": node_b.url,
+        "JAMINS_CHAIN_ID": str(node_b.chain_id),
+    }
+    (tmp_path / "c").mkdir()
+    cached = jamins("import", "--cache-only", "--no-verify", str(first), env=env_c)
+    assert cached.returncode == 0, cached.stderr
     third = tmp_path / "c.json"
     assert jamins("export", str(third), env=env_c).returncode == 0
     assert third.read_bytes() == first.read_bytes()
@@ -154,3 +167,119 @@ def test_import_reports_conflicts_and_bad_files(node_a: AnvilNode, tmp_path: Pat
         refused = jamins("import", str(bad), env=env)
         assert refused.returncode == 2
         assert message in refused.stderr
+
+
+def names_file(path: Path, records: list[dict[str, str]]) -> Path:
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["export"], id="export"),
+        pytest.param(["import", "--cache-only", "NAMES"], id="import-cache-only"),
+        pytest.param(["import", "NAMES"], id="import"),
+        pytest.param(["index"], id="index"),
+    ],
+)
+def test_data_commands_refuse_a_missing_data_dir(tmp_path: Path, args: list[str]) -> None:
+    names = names_file(tmp_path / "names.json", [{"name": "abc", "addr": "0" * 39 + "1"}])
+    typo = tmp_path / "typo"
+    result = jamins(
+        *[str(names) if arg == "NAMES" else arg for arg in args],
+        "--data-dir",
+        str(typo),
+        env={"JAMINS_RPC_URL": "http://127.0.0.1:9"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert str(typo) in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not typo.exists()
+
+
+def test_export_refuses_a_data_dir_without_a_database(tmp_path: Path) -> None:
+    result = jamins("export", "--data-dir", str(tmp_path), env={})
+    assert result.returncode == 2
+    assert "jamins.sqlite3" in result.stderr and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_cache_only_counts_and_reports_fold_collisions(tmp_path: Path) -> None:
+    env = {"JAMINS_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "data").mkdir()
+    base = unique_name("fold")
+    first = names_file(tmp_path / "a.json", [{"name": base, "addr": secrets.token_hex(20)}])
+    loaded = jamins("import", "--cache-only", str(first), env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "1 loaded into the cache" in loaded.stderr
+
+    other = unique_name("other")
+    second = names_file(
+        tmp_path / "b.json",
+        [
+            {"name": base.upper(), "addr": secrets.token_hex(20)},  # folds like the cached one
+            {"name": other, "addr": secrets.token_hex(20)},
+            {"name": other.upper(), "addr": secrets.token_hex(20)},  # like one in this file
+        ],
+    )
+    result = jamins("import", "--cache-only", str(second), env=env)
+    assert result.returncode == 1
+    assert "1 loaded into the cache" in result.stderr
+    assert "2 conflicts" in result.stderr
+    assert f"{base.upper()}: folds like {base}" in result.stderr
+    assert f"{other.upper()}: folds like {other}" in result.stderr
+
+    exported = json.loads(jamins("export", env=env).stdout)
+    assert sorted(record["name"] for record in exported) == sorted([base, other])
+
+
+def test_import_verifies_proofs_unless_told_not_to(node_a: AnvilNode, tmp_path: Path) -> None:
+    writer = DirectWriter(node_a.url, funded_key(node_a))
+    contract = writer.deploy()
+    alice, bob = account_pool(2)
+    good, stolen_key, other_name, bare = (unique_name(p) for p in ("good", "key", "sig", "bare"))
+    records = [
+        {"name": good, "addr": alice.jami_id, "publickey": alice.publickey_b64,
+         "signature": alice.sign(good)},
+        # Bob's key and signature, but another address: the key does not hash to addr.
+        {"name": stolen_key, "addr": secrets.token_hex(20), "publickey": bob.publickey_b64,
+         "signature": bob.sign(stolen_key)},
+        # Bob's key, signed over another name.
+        {"name": other_name, "addr": bob.jami_id, "publickey": bob.publickey_b64,
+         "signature": bob.sign(good)},
+        # No key material (an old registration): nothing to verify.
+        {"name": bare, "addr": secrets.token_hex(20)},
+    ]  # fmt: skip
+    names = names_file(tmp_path / "names.json", records)
+    env = {
+        "JAMINS_RPC_URL": node_a.url,
+        "JAMINS_CONTRACT_ADDRESS": contract,
+        "JAMINS_SIGNER_KEY": funded_key(node_a),
+        "JAMINS_DATA_DIR": str(tmp_path),
+    }
+    result = jamins("import", str(names), env=env)
+    assert result.returncode == 1
+    assert "2 registered" in result.stderr and "2 refused" in result.stderr
+    assert f"{stolen_key}: refused: public key does not match addr" in result.stderr
+    assert f"{other_name}: refused: signature does not match name" in result.stderr
+    assert "1 without key material" in result.stderr
+    on_chain = {
+        record["name"]: chain_addr(node_a.url, contract, record["name"]) for record in records
+    }
+    assert on_chain[good] == alice.jami_id
+    assert on_chain[bare] == records[3]["addr"]
+    assert on_chain[stolen_key] is None and on_chain[other_name] is None
+
+    forced = jamins("import", "--no-verify", str(names), env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert "2 registered" in forced.stderr and "0 refused" in forced.stderr
+    assert chain_addr(node_a.url, contract, other_name) == bob.jami_id
+
+
+def chain_addr(url: str, contract: str, name: str) -> str | None:
+    """The registrar's addr(name), straight from the node."""
+    data = selector("addr(bytes32)") + name.encode().ljust(32, b"\0")
+    answer = chain_rpc(url, "eth_call", [{"to": contract, "data": "0x" + data.hex()}, "latest"])
+    addr = str(answer)[-40:]
+    return None if int(addr, 16) == 0 else addr

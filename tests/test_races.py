@@ -121,7 +121,7 @@ def test_lookup_while_pending_on_a_shared_registrar_is_never_contradicted(
                     "success"
                 ]
                 server.wait_sent(name)
-                rival.reserve_for(name, rival_id, gas_price=50 * 10**9)  # first in the block
+                rival.reserve_for(name, rival_id, gas_price=50 * 10**9, wait=False)  # first
                 seen = [
                     http.get(path)
                     for path in (f"/name/{name}", f"/addr/{account.jami_id}", f"/name/{name}")

@@ -4,6 +4,7 @@ registration queue that survives a crash."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from eth_account import Account
 from app.chain.anvil import AnvilNode, rpc
 from tests.conftest import funded_key, unique_name
 from tests.jami_keys import make_account
-from tests.server import REPO_ROOT, ServerProcess
+from tests.server import REPO_ROOT, ServerProcess, free_port
 
 
 @pytest.fixture
@@ -141,3 +142,72 @@ def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_
     # Exactly one deployment and one transaction per name: nothing sent twice.
     sender = Account.from_key(key).address
     assert int(rpc(node.url, "eth_getTransactionCount", [sender, "latest"]), 16) == 1 + 3
+
+
+# -- an operator's mistakes: one clear line, exit status != 0, no traceback ---------------
+
+
+def _one_clear_line(done: subprocess.CompletedProcess[str], *named: str) -> None:
+    assert done.returncode not in (0, None), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    for word in named:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        pytest.param({"JAMINS_CHAIN_ID": "abc"}, ["JAMINS_CHAIN_ID", "abc"], id="chain-id"),
+        pytest.param({"JAMINS_LOG_LEVEL": "verbose"}, ["JAMINS_LOG_LEVEL", "verbose"], id="log"),
+        pytest.param({"JAMINS_WORKERS": "0"}, ["JAMINS_WORKERS"], id="workers"),
+        pytest.param({"JAMINS_DATA_DIR": "/sys/kernel"}, ["/sys/kernel"], id="read-only-dir"),
+        pytest.param({"JAMINS_DATA_DIR": "/etc/hostname/d"}, ["/etc/hostname/d"], id="under-file"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_in_one_line(
+    tmp_path: Path, env: dict[str, str], named: list[str]
+) -> None:
+    done = _jamins(
+        "serve", "--port", str(free_port()), env={"JAMINS_DATA_DIR": str(tmp_path), **env}
+    )
+    _one_clear_line(done, *named)
+    assert not (tmp_path / "chain").exists()
+
+
+def test_serve_on_a_taken_port_refuses_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _jamins("serve", "--port", str(port), env={"JAMINS_DATA_DIR": str(tmp_path)})
+    _one_clear_line(done, str(port), "--port")
+    # No node was started, nothing was deployed, no database was made.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_with_database_down_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://jamins:secret@127.0.0.1:{free_port()}/jamins"
+    done = _jamins(
+        "status", "alice", env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url}
+    )
+    _one_clear_line(done, "JAMINS_DATABASE_URL")
+    assert "secret" not in done.stderr
+
+
+def test_second_serve_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
+    first = ServerProcess(data_dir=tmp_path)  # the embedded default: its own node
+    first.start()
+    try:
+        second = _jamins(
+            "serve", "--port", str(free_port()), env={"JAMINS_DATA_DIR": str(tmp_path)}
+        )
+        _one_clear_line(second, str(tmp_path), "already")
+        name = unique_name("lock")
+        answer = httpx.post(f"{first.url}/name/{name}", json=make_account().registration_body(name))
+        assert answer.status_code == 200
+        assert first.wait_settled(name)["state"] == "confirmed"
+        assert httpx.get(f"{first.url}/readyz", timeout=10).status_code == 200
+    finally:
+        first.stop()

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from eth_account import Account
 
-from app.chain.anvil import AnvilNode, rpc
-from tests.conftest import funded_key, unique_name
+from app.chain.anvil import rpc
+from tests.conftest import ChainNode, funded_key, own_chain_node, unique_name
 from tests.jami_keys import account_pool
 from tests.pg import PostgresServer
 from tests.server import ServerProcess
@@ -23,9 +23,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def ticking_node(anvil_binary: str) -> Iterator[AnvilNode]:
-    """A node that mines a block every second, like a (faster) Clique chain."""
-    with AnvilNode(binary=anvil_binary, block_time=1) as node:
+def ticking_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
+    """A node that seals a block every second: anvil (default), or geth's Clique (period 1)
+    for tests parametrized indirectly with "geth"."""
+    kind = getattr(request, "param", "anvil")
+    with own_chain_node(kind, request, tmp_path / "geth", block_time=1) as node:
         yield node
 
 
@@ -38,12 +40,14 @@ def register_all(server: ServerProcess, work: list[tuple[str, dict[str, str]]]) 
         return list(pool.map(post, work))
 
 
+@pytest.mark.parametrize("ticking_node", ["anvil", "geth"], indirect=True)
 def test_two_servers_share_one_writer_and_take_over(
-    ticking_node: AnvilNode, postgres: PostgresServer, tmp_path: Path
+    ticking_node: ChainNode, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     key = funded_key(ticking_node)
     env = {
         "JAMINS_RPC_URL": ticking_node.url,
+        "JAMINS_CHAIN_ID": str(ticking_node.chain_id),
         "JAMINS_SIGNER_KEY": key,
         "JAMINS_DATABASE_URL": postgres.create_database(f"two_{secrets.token_hex(4)}"),
         "JAMINS_LEADER_POLL_SECONDS": "0.5",
@@ -100,13 +104,14 @@ def test_two_servers_share_one_writer_and_take_over(
 
 
 def test_workers_answer_alike_on_postgresql(
-    ticking_node: AnvilNode, postgres: PostgresServer, tmp_path: Path
+    ticking_node: ChainNode, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     """`--workers 2`: whichever worker answers, a name accepted by the other is taken."""
     server = ServerProcess(
         data_dir=tmp_path,
         env={
             "JAMINS_RPC_URL": ticking_node.url,
+            "JAMINS_CHAIN_ID": str(ticking_node.chain_id),
             "JAMINS_SIGNER_KEY": funded_key(ticking_node),
             "JAMINS_DEPLOY": "true",
             "JAMINS_DATABASE_URL": postgres.create_database(f"w_{secrets.token_hex(4)}"),

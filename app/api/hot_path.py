@@ -24,7 +24,12 @@ _ROUTES = {
     "addr": SimpleNamespace(path="/addr/{addr:path}"),
 }
 _JSON = (b"content-type", b"application/json")
-_MEMO_LIMIT = 100_000
+# The memo is bounded by entries and by bytes; a segment longer than any valid name
+# percent-encoded (32 bytes, 3 characters each) is never kept, so a client sending
+# distinct long paths costs nothing that lasts.
+_MEMO_LIMIT = 20_000
+_MEMO_MAX_BYTES = 4 * 1024 * 1024
+_MEMO_MAX_SEGMENT = 3 * names.MAX_BYTES
 
 
 class HotPathMiddleware:
@@ -40,6 +45,7 @@ class HotPathMiddleware:
         # Raw path segment -> fold (or None when invalid), so repeated lookups skip the
         # name policy's per-character checks.
         self._folds: dict[bytes, str | None] = {}
+        self._folds_bytes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -93,7 +99,12 @@ class HotPathMiddleware:
             folded = names.check_lookup_name(names.decode_path_segment(segment))
         except names.InvalidName:
             folded = None
-        if len(self._folds) >= _MEMO_LIMIT:
+        if len(segment) > _MEMO_MAX_SEGMENT:
+            return folded
+        size = len(segment) + len(folded or "") * 4
+        if len(self._folds) >= _MEMO_LIMIT or self._folds_bytes + size > _MEMO_MAX_BYTES:
             self._folds.clear()
+            self._folds_bytes = 0
         self._folds[segment] = folded
+        self._folds_bytes += size
         return folded

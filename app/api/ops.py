@@ -15,7 +15,9 @@ router = APIRouter()
 
 class ReadyAnswer(BaseModel):
     status: str = Field(description='"ready" or "not ready"')
-    checks: dict[str, str] = Field(description='database, chain and indexer: "ok" or what is wrong')
+    checks: dict[str, str] = Field(
+        description='database, chain, indexer, background (a loop not running): "ok" or why not'
+    )
     head_block: int | None = Field(description="The chain node's latest block, if it answered.")
     indexer_lag: int = Field(description="Blocks the indexer is behind (0 without an indexer).")
 

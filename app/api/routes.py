@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import ValidationError
 
 from app import names
@@ -19,7 +19,7 @@ from app.api.schemas import (
     SignatureAnswer,
     errors,
 )
-from app.errors import BadRequest, InvalidName, NotFound
+from app.errors import BadRequest, InvalidAddress, InvalidName, NotFound
 from app.services.registry import NameService, RegistrationRequest
 
 MAX_BODY_BYTES = 16 * 1024  # a real RSA-4096 registration is 1884 bytes
@@ -59,13 +59,26 @@ def registration_name_param(request: Request) -> str:
     return _name_from_raw_path(request, "/registrations/")
 
 
+def addr_param(request: Request) -> str:
+    """The Jami ID segment from the raw path: Starlette's route pattern ends in `$`, which
+    matches before a trailing newline, so the decoded path parameter would drop a `%0a`."""
+    try:
+        return _name_from_raw_path(request, "/addr/")
+    except InvalidName as exc:
+        raise InvalidAddress() from exc
+
+
+# Declared for OpenAPI ("Try it out"); the routes read the name from the raw path.
+NamePath = Annotated[str, Path(description="The name, percent-encoded UTF-8, any case.")]
+
+
 @router.get(
     "/name/{name}/owner",
     response_model=OwnerAnswer,
     responses=errors(400, 404, 503),
     summary="The Ethereum owner of a name",
 )
-async def get_owner(request: Request, service: ServiceDep) -> OwnerAnswer:
+async def get_owner(name: NamePath, request: Request, service: ServiceDep) -> OwnerAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/owner"))
     return OwnerAnswer(name=record.name, owner="0x" + record.owner)
 
@@ -76,7 +89,7 @@ async def get_owner(request: Request, service: ServiceDep) -> OwnerAnswer:
     responses=errors(400, 404, 503),
     summary="The public key a name was registered with",
 )
-async def get_publickey(request: Request, service: ServiceDep) -> PublicKeyAnswer:
+async def get_publickey(name: NamePath, request: Request, service: ServiceDep) -> PublicKeyAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/publickey"))
     if record.publickey is None:
         raise NotFound("no public key for this name")
@@ -89,7 +102,7 @@ async def get_publickey(request: Request, service: ServiceDep) -> PublicKeyAnswe
     responses=errors(400, 404, 503),
     summary="The signature a name was registered with",
 )
-async def get_signature(request: Request, service: ServiceDep) -> SignatureAnswer:
+async def get_signature(name: NamePath, request: Request, service: ServiceDep) -> SignatureAnswer:
     record = await service.lookup_name(_name_from_raw_path(request, "/name/", "/signature"))
     if record.signature is None:
         raise NotFound("no signature for this name")
@@ -155,8 +168,10 @@ async def post_name(
     responses=errors(400, 404, 503),
     summary="Reverse lookup: the name of a Jami ID",
 )
-async def get_addr(addr: str, service: ServiceDep) -> Response:
-    found = await service.lookup_addr(addr)
+async def get_addr(
+    addr: str, service: ServiceDep, raw_addr: Annotated[str, Depends(addr_param)]
+) -> Response:
+    found = await service.lookup_addr(raw_addr)
     body = _json_bytes({"name": found.name})
     service.hot.put_addr(found.jami_id, body, found.cache_token)
     return Response(body, media_type="application/json")

@@ -1,4 +1,23 @@
-"""The JSON-RPC connection to the chain node: timeouts, Clique headers, error translation."""
+"""The JSON-RPC connection to the chain node: timeouts, Clique headers, batching, and the
+translation of node errors into what the writer and indexer can act on.
+
+Each translation below is something geth 1.13.15 (the Jami chain's node) does and anvil
+does not, seen on the real binary (tests/test_geth.py):
+
+* a fresh node answers "transaction indexing is in progress" for an unknown transaction
+  until its first index run: not yet known (`receipt` → None), and transient otherwise;
+* a node that is not an archive answers "missing trie node" for state it no longer keeps:
+  `StateUnavailable`, so that callers can decide from something else than that state;
+* a batch of more than 1,000 requests is refused as a whole ("batch too large"): batches
+  are sent in chunks of at most `BATCH_LIMIT`;
+* receipts of blocks before Byzantium carry `root` instead of `status`: derived here;
+* a chain on the Jami fork schedule refuses EIP-155 transactions before block 3 ("invalid
+  transaction v, r, s values", although its pool keeps them) and cannot run the registrar's
+  code before block 5 ("invalid opcode: SHR"): transient (`ChainUnavailable`), so that no
+  registration is failed for good because the chain is young;
+* `--rpc.txfeecap` (1 ether by default) refuses gas x price above it: `FeeCapExceeded`, an
+  operator's setting to fix, which must not fail the registration.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +29,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.datastructures import AttributeDict
 from web3.exceptions import (
     BadResponseFormat,
     ProviderConnectionError,
@@ -27,8 +47,53 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# geth's default --rpc.batch-request-limit: a longer batch gets one "batch too large" error.
+BATCH_LIMIT = 1000
+
+
 class ChainRejected(Exception):
     """The node answered, and refused: an RPC error such as "nonce too low"."""
+
+
+class StateUnavailable(ChainRejected):
+    """The node no longer has the state at the block asked for (not an archive node:
+    geth keeps the last 128 blocks' states, fewer after a restart)."""
+
+
+class FeeCapExceeded(ChainRejected):
+    """The node's --rpc.txfeecap (geth: 1 ether) refuses gas x price: the operator's gas
+    price is at fault, not the transaction's content, so this must not settle it."""
+
+
+class TxIndexing(ChainUnavailable):
+    """The node has not finished indexing transactions: it cannot say yet whether it
+    knows one."""
+
+
+_MISSING_STATE = ("missing trie node", "historical state", "state not available")
+# Errors that depend on the chain's (or the node's) condition, not on what was asked: the
+# same request succeeds later, so they must never settle a registration.
+_TRANSIENT = {
+    "invalid transaction v, r, s values": "the chain has not reached its EIP-155 block yet",
+    "invalid opcode": "the chain has not reached the fork the registrar's code needs yet",
+}
+
+
+def translate_error(message: str) -> Exception:
+    """The exception for a node's RPC error `message` (see the module docstring)."""
+    lowered = message.lower()
+    if "transaction indexing is in progress" in lowered:
+        return TxIndexing("the chain node is still indexing transactions")
+    if any(marker in lowered for marker in _MISSING_STATE):
+        return StateUnavailable(message)
+    if "exceeds the configured cap" in lowered:
+        return FeeCapExceeded(
+            f"{message}: lower JAMINS_GAS_PRICE_WEI or raise the node's --rpc.txfeecap"
+        )
+    for marker, meaning in _TRANSIENT.items():
+        if marker in lowered:
+            return ChainUnavailable(f"{meaning} ({message})")
+    return ChainRejected(message)
 
 
 class ChainIdMismatch(RuntimeError):
@@ -72,29 +137,37 @@ class ChainClient:
             # Not a JSON-RPC answer (a proxy's error page): the node is not reachable.
             raise ChainUnavailable("chain node sent a malformed answer") from exc
         except Web3RPCError as exc:
-            raise ChainRejected(_rpc_message(exc)) from exc
+            raise translate_error(_rpc_message(exc)) from exc
 
     async def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call (no web3 formatting): the `result`, or ChainRejected."""
         response = await self.call(self.w3.provider.make_request(RPCEndpoint(method), params))
         if "error" in response:
-            raise ChainRejected(_error_text(response["error"]))
+            raise translate_error(_error_text(response["error"]))
         return response.get("result")
 
     async def rpc_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        """Raw JSON-RPC calls in one HTTP request; results in order, or ChainRejected."""
-        if not calls:
-            return []
+        """Raw JSON-RPC calls, in HTTP requests of at most BATCH_LIMIT calls each (one after
+        the other); results in order, or ChainRejected."""
+        results: list[Any] = []
+        for start in range(0, len(calls), BATCH_LIMIT):
+            results += await self._one_batch(calls[start : start + BATCH_LIMIT])
+        return results
+
+    async def _one_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         batch = [(RPCEndpoint(method), params) for method, params in calls]
         responses = await self.call(self.w3.provider.make_batch_request(batch))
         if not isinstance(responses, list):  # the node refused the batch as a whole
-            raise ChainRejected(_error_text(responses.get("error")))
+            raise translate_error(_error_text(responses.get("error")))
         results = []
         for response in responses:
             if "error" in response:
-                raise ChainRejected(_error_text(response["error"]))
+                raise translate_error(_error_text(response["error"]))
             results.append(response.get("result"))
         if len(results) != len(calls):
+            # geth answers a batch it refuses as a whole with a one-element array.
+            if len(results) == 0 and len(responses) == 1:
+                raise translate_error(_error_text(responses[0].get("error")))
             raise ChainUnavailable("the node answered a batch partly")
         return results
 
@@ -108,13 +181,24 @@ class ChainClient:
         return await self.call(self.w3.eth.get_block(block))
 
     async def receipt(self, tx_hash: str) -> Any | None:
-        """The transaction's receipt, or None while it is not mined."""
+        """The transaction's receipt, or None while it is not mined (or not indexed yet).
+
+        A receipt always has `status`: before Byzantium geth gives the state `root`
+        instead, and then a failed transaction is one that used all its gas (there was no
+        REVERT: every failure consumed the gas limit)."""
         try:
-            return await self.call(self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+            receipt: Any = await self.call(self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+        except TxIndexing:
+            return None
         except ChainRejected as exc:
             if isinstance(exc.__cause__, TransactionNotFound):
                 return None
             raise
+        if receipt.get("status") is None:
+            tx = await self.call(self.w3.eth.get_transaction(tx_hash))  # type: ignore[arg-type]
+            status = 0 if int(receipt["gasUsed"]) >= int(tx["gas"]) else 1
+            receipt = AttributeDict({**receipt, "status": status})
+        return receipt
 
     async def transaction_known(self, tx_hash: str) -> bool:
         """Whether the node holds the transaction, in its pool or in a block."""

@@ -92,13 +92,40 @@ def load_signer(settings: Settings) -> Signer | None:
     return None
 
 
+# The data dir may sit inside a clone (`make serve ARGS="--data-dir ./data"`): it ignores
+# what jamins keeps there, above all the key, unless it already has a .gitignore.
+DATA_DIR_GITIGNORE = """\
+# Written by jamins: its data dir, with the signer's private key. Keep it out of git.
+.gitignore
+signer.key
+jamins.sqlite3*
+chain/
+"""
+
+
 def load_or_create_key_file(path: Path) -> Signer:
     """The embedded default's own key: made once, kept readable by its owner only."""
     if path.exists():
         return _from_file(path, None)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ignore = path.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(DATA_DIR_GITIGNORE)
     key_hex = "0x" + secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key_hex + "\n")
     return _from_hex(key_hex)
+
+
+def create_keystore_file(path: Path, password: str) -> str:
+    """Write a new random key to `path` as an encrypted keystore JSON (mode 0600; an existing
+    file raises FileExistsError) and return its address. The key is never returned."""
+    account = Account.create()
+    keystore = Account.encrypt(account.key, password)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(keystore, handle)
+        handle.write("\n")
+    return str(account.address)

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
 
-from app.chain.client import ChainClient, ChainRejected
+from app.chain.client import ChainClient, ChainRejected, FeeCapExceeded
 from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ZERO_ADDRESS, Registrar
 from app.chain.signer import SignedTx, Signer
@@ -486,6 +486,8 @@ class TxWriter:
             await self._broadcast(signed.raw)
         except ChainRejected as exc:
             attempts = self.send_attempts.get(registration.id, 0) + 1
+            if isinstance(exc, FeeCapExceeded):
+                attempts = 0  # the operator's gas price is refused, not this registration
             self.send_attempts[registration.id] = attempts
             logger.warning(
                 "node refused the registration of %r (attempt %d): %s",

@@ -19,9 +19,14 @@ from collections.abc import Iterable
 
 
 class _Expiring:
-    def __init__(self, ttl: float, max_entries: int) -> None:
+    """Bounded by entries and by bytes: a record registered on the contract directly may
+    carry a public key far larger than any real one."""
+
+    def __init__(self, ttl: float, max_entries: int, max_bytes: int) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
         self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
@@ -29,7 +34,7 @@ class _Expiring:
         if found is None:
             return None
         if found[0] < time.monotonic():
-            self.entries.pop(key, None)
+            self.pop(key)
             return None
         return found[1]
 
@@ -37,15 +42,23 @@ class _Expiring:
         return self.get(key) is not None
 
     def put(self, key: str, body: bytes) -> None:
-        if self.ttl <= 0:
+        if self.ttl <= 0 or len(body) > self.max_bytes // 100:
             return
+        self.pop(key)
         self.entries[key] = (time.monotonic() + self.ttl, body)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        self.size += len(key) + len(body)
+        while len(self.entries) > self.max_entries or self.size > self.max_bytes:
+            old_key, (_, old_body) = self.entries.popitem(last=False)
+            self.size -= len(old_key) + len(old_body)
 
-    def discard(self, key: str) -> None:
-        self.entries.pop(key, None)
+    def pop(self, key: str) -> None:
+        found = self.entries.pop(key, None)
+        if found is not None:
+            self.size -= len(key) + len(found[1])
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
 
 
 class HotCache:
@@ -58,13 +71,15 @@ class HotCache:
         self,
         ttl: float,
         max_entries: int = 20_000,
+        max_bytes: int = 64 * 1024 * 1024,
         negative_ttl: float = 0,
         max_negative: int = 100_000,
     ) -> None:
-        self.names = _Expiring(ttl, max_entries)
-        self.addrs = _Expiring(ttl, max_entries)
-        self.missing_names = _Expiring(negative_ttl, max_negative)
-        self.missing_addrs = _Expiring(negative_ttl, max_negative)
+        self.names = _Expiring(ttl, max_entries, max_bytes)
+        self.addrs = _Expiring(ttl, max_entries, max_bytes // 8)
+        # Keys only (at most 128 bytes each): the entry bound is the bound.
+        self.missing_names = _Expiring(negative_ttl, max_negative, max_negative * 256)
+        self.missing_addrs = _Expiring(negative_ttl, max_negative, max_negative * 256)
         self.generation = 0
 
     def put_name(self, folded: str, body: bytes, since: int | None) -> None:
@@ -88,20 +103,20 @@ class HotCache:
     def forget_names(self, folded_names: Iterable[str]) -> None:
         self.generation += 1
         for folded in folded_names:
-            self.names.discard(folded)
-            self.missing_names.discard(folded)
+            self.names.pop(folded)
+            self.missing_names.pop(folded)
         # The addresses those names pointed at are not known here: their reverse answers
         # may have changed too (setAddress, disown), and they are cheap to rebuild.
-        self.addrs.entries.clear()
-        self.missing_addrs.entries.clear()
+        self.addrs.clear()
+        self.missing_addrs.clear()
 
     def forget_addrs(self, jami_ids: Iterable[str]) -> None:
         self.generation += 1
         for jami_id in jami_ids:
-            self.addrs.discard(jami_id)
-            self.missing_addrs.discard(jami_id)
+            self.addrs.pop(jami_id)
+            self.missing_addrs.pop(jami_id)
 
     def clear(self) -> None:
         self.generation += 1
         for cache in (self.names, self.addrs, self.missing_names, self.missing_addrs):
-            cache.entries.clear()
+            cache.clear()

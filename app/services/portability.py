@@ -17,7 +17,7 @@ import sqlalchemy.exc
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import names
+from app import names, proofs
 from app.chain.indexer import apply_records, skipped_chain_names
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import session_scope
@@ -53,6 +53,44 @@ class ImportReport:
     already: int = 0
     conflicts: list[str] = field(default_factory=list)
     queued_names: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # proofs that do not hold
+    unproven: int = 0  # records without key material: nothing to verify
+
+
+@dataclass
+class ProofCheck:
+    accepted: list[NameEntry]
+    refused: list[str]
+    unproven: int
+
+
+def check_proofs(entries: list[NameEntry]) -> ProofCheck:
+    """The registration proof of each record, as POST /name checks it: the key hashes to
+    addr and the signature is over this name. Records without key material (old
+    registrations made with `reserve`) are accepted and counted; half a proof is refused."""
+    check = ProofCheck(accepted=[], refused=[], unproven=0)
+    for entry in entries:
+        if not entry.publickey and not entry.signature:
+            check.unproven += 1
+            check.accepted.append(entry)
+            continue
+        if not (entry.publickey and entry.signature):
+            check.refused.append(
+                f"{entry.name}: refused: a key without a signature, or the reverse"
+            )
+            continue
+        try:
+            proofs.verify_registration(
+                name=entry.name,
+                jami_id=entry.addr,
+                publickey_b64=entry.publickey,
+                signature_b64=entry.signature,
+            )
+        except (proofs.MalformedProof, proofs.ProofMismatch) as exc:
+            check.refused.append(f"{entry.name}: refused: {exc}")
+            continue
+        check.accepted.append(entry)
+    return check
 
 
 async def count_exportable(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
@@ -165,13 +203,22 @@ def read_names_file(path: Path) -> list[NameEntry]:
 async def load_into_cache(
     sessionmaker: async_sessionmaker[AsyncSession], entries: list[NameEntry]
 ) -> ImportReport:
-    """Preload the SQL cache only (the original server's start-up preload): no chain writes."""
+    """Preload the SQL cache only (the original server's start-up preload): no chain writes.
+    A name that folds like another one, cached or earlier in the file, is a conflict."""
     report = ImportReport()
     async with session_scope(sessionmaker) as session, session.begin():
         existing = {
             row.name: row.addr
             for row in await session.scalars(
                 select(NameRecord).where(NameRecord.name.in_([e.name for e in entries]))
+            )
+        }
+        fold_holder = {
+            folded: name
+            for folded, name in await session.execute(
+                select(NameRecord.folded_name, NameRecord.name).where(
+                    NameRecord.folded_name.in_({names.fold(e.name) for e in entries})
+                )
             )
         }
         fresh = []
@@ -181,6 +228,11 @@ async def load_into_cache(
                     report.already += 1
                 else:
                     report.conflicts.append(f"{entry.name}: cached for 0x{existing[entry.name]}")
+                continue
+            folded = names.fold(entry.name)
+            holder = fold_holder.setdefault(folded, entry.name)
+            if holder != entry.name:
+                report.conflicts.append(f"{entry.name}: folds like {holder}, which is taken")
                 continue
             fresh.append(
                 (

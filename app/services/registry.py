@@ -44,6 +44,7 @@ from app.errors import (
 )
 from app.models import PENDING, NameRecord, Registration
 from app.services.hot_cache import HotCache
+from app.services.lookalikes import lookalike_taken
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,9 @@ class NameService:
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
         # more registration: registrations then answer 503 with this reason.
         self.registrations_paused: str | None = None
+        # Set by the chain watch (app/chain_watch.py) while the chain went backwards or
+        # lost the registrar: registrations then answer 503 with this reason.
+        self.chain_problem: str | None = None
         # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
         self.cache_counts: Counter[tuple[str, str]] = Counter()
 
@@ -342,6 +346,8 @@ class NameService:
             raise RegistrationsDisabled()
         if self.registrations_paused is not None:
             raise ServiceUnavailable(self.registrations_paused)
+        if self.chain_problem is not None:
+            raise ServiceUnavailable(f"{self.chain_problem}; try again later")
         if self.owner_address is None:
             raise RegistrationsDisabled()
         owner = self.owner_address
@@ -350,6 +356,8 @@ class NameService:
             return  # the same binding already exists: idempotent
         if await self._check_chain(name, folded, jami_id):
             return
+        if await lookalike_taken(self.sessionmaker, name):
+            raise NameTaken()  # same UTS #39 skeleton as a taken name (README "Name policy")
         if self.admission is not None:
             # Only registrations that would join the queue count: a retry of an accepted
             # one, or a 403/409, costs the chain nothing.
