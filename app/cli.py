@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -114,11 +116,17 @@ def serve(
     if settings.embedded or settings.sqlite_path() is not None:
         check_data_dir(settings)
     check_port(host, port)
+    metrics_dir: str | None = None
     if settings.workers > 1:
         # Each worker process builds its own app from the environment.
         os.environ["JAMINS_WORKERS"] = str(settings.workers)
         if data_dir is not None:
             os.environ["JAMINS_DATA_DIR"] = str(data_dir)
+        # prometheus-client's multiprocess mode: each worker (a fresh interpreter that
+        # reads this at import) writes its metrics to files there; /metrics merges them.
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            metrics_dir = tempfile.mkdtemp(prefix="jamins-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     configure_connections(settings)
     node_lock = DataDirLock(settings.data_dir) if settings.embedded else None
     if node_lock is not None:
@@ -151,6 +159,8 @@ def serve(
         # another process start one on this data directory.
         if node_lock is not None:
             node_lock.release()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @cli.command()

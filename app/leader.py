@@ -141,7 +141,8 @@ class DataDirLock:
     until after it stopped: two nodes on one state file would fork the chain."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "node.lock"
+        # Inside chain/, with the state it guards (and ignored by git like it).
+        self.path = data_dir / "chain" / "node.lock"
         self.handle: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -155,7 +156,7 @@ class DataDirLock:
             holder = handle.read().strip() or "?"
             handle.close()
             raise DataDirInUse(
-                f"data directory {self.path.parent} is already in use by process {holder} "
+                f"data directory {self.path.parent.parent} is already in use by process {holder} "
                 "(another `jamins serve` or command): stop it first, or use another --data-dir"
             ) from None
         handle.truncate(0)

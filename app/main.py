@@ -23,15 +23,15 @@ from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.background import Background
-from app.chain.anvil import AnvilNode, find_anvil, fund
-from app.chain.client import ChainClient, ChainRejected
+from app.chain.anvil import AnvilNode, AnvilNotFound, AnvilStartError, find_anvil, fund
+from app.chain.client import ChainClient, ChainIdMismatch, ChainRejected
 from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
-from app.chain.signer import Signer, load_or_create_key_file, load_signer
+from app.chain.signer import Signer, SignerKeyError, load_or_create_key_file, load_signer
 from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
 from app.chain_watch import ChainWatch
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
-from app.errors import BadRequest, JaminsError, handle_jamins_error
+from app.errors import BadRequest, JaminsError, ServiceUnavailable, handle_jamins_error
 from app.leader import leader_lock
 from app.logs import RequestIdMiddleware, configure_logging
 from app.metrics import Metrics, MetricsMiddleware, ops_lifespan
@@ -39,6 +39,7 @@ from app.middlewares import (
     HeadMiddleware,
     PathPrefixMiddleware,
     RequestBoundsMiddleware,
+    StartupErrorMiddleware,
     TimeoutMiddleware,
 )
 from app.services.registry import NameService
@@ -56,6 +57,17 @@ META_REGISTRAR_BLOCK = "registrar_block"
 
 class StartupError(RuntimeError):
     """The server cannot start as configured; the message tells the operator what to do."""
+
+
+# Start-up failures whose message tells the operator what to fix: one log line each.
+OPERATOR_ERRORS: tuple[type[Exception], ...] = (
+    StartupError,
+    ChainIdMismatch,
+    SignerKeyError,
+    AnvilNotFound,
+    AnvilStartError,
+    ServiceUnavailable,
+)
 
 
 @dataclass
@@ -405,8 +417,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan_of(app, settings), ops_lifespan(app, settings):
-            yield
+        started = False
+        try:
+            async with lifespan_of(app, settings), ops_lifespan(app, settings):
+                started = True
+                yield
+        except OPERATOR_ERRORS as exc:
+            if not started:
+                app.state.startup_error = f"cannot start: {exc}"
+            raise
 
     app = FastAPI(
         title="jamins",
@@ -439,4 +458,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(PathPrefixMiddleware, prefix=settings.path_prefix)
     # Outermost: nothing is kept for a request this refuses.
     app.add_middleware(RequestBoundsMiddleware)
+    app.add_middleware(
+        StartupErrorMiddleware, describe=lambda: getattr(app.state, "startup_error", None)
+    )
     return app

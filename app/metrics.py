@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,35 +60,61 @@ class Metrics:
             registry=self.registry,
         )
         self.chain_head = Gauge(
-            "jamins_chain_head_block", "The chain node's latest block.", registry=self.registry
+            "jamins_chain_head_block",
+            "The chain node's latest block.",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
         )
         self.chain_up = Gauge(
             "jamins_chain_up",
             "1 when the chain node answered the last scrape or balance check.",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.pending = Gauge(
             "jamins_registrations_pending",
             "Registrations accepted and not yet confirmed or failed.",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.balance = Gauge(
-            "jamins_signer_balance_wei", "The signer account's balance.", registry=self.registry
+            "jamins_signer_balance_wei",
+            "The signer account's balance.",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
         )
         self.gas_price = Gauge(
-            "jamins_gas_price_wei", "Gas price of registrations.", registry=self.registry
+            "jamins_gas_price_wei",
+            "Gas price of registrations.",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
         )
         self.registrations_left = Gauge(
             "jamins_signer_registrations_left",
             f"Registrations the balance still pays for ({REGISTRATION_GAS} gas each).",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.registrations_paused = Gauge(
             "jamins_registrations_paused",
             "1 while registrations answer 503 because the signer cannot pay for one more.",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.registry.register(LiveCollector(app))
+
+
+def exposition(app: FastAPI) -> bytes:
+    """The /metrics body. Under `--workers N` (PROMETHEUS_MULTIPROC_DIR set by `jamins
+    serve`) counters, histograms and gauges are merged from every worker's files; the
+    live values (LiveCollector) are the answering worker's."""
+    metrics: Metrics = app.state.metrics
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(LiveCollector(app))
+    return generate_latest(registry)
 
 
 class LiveCollector(Collector):

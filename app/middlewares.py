@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -127,3 +128,27 @@ class PathPrefixMiddleware:
             if raw is not None and raw.startswith(self.raw_prefix):
                 scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
         await self.app(scope, receive, send)
+
+
+class StartupErrorMiddleware:
+    """A start-up the operator can fix fails with one line, not a traceback: Starlette
+    reports a failed lifespan with the whole traceback as its message, which uvicorn logs;
+    `describe()` gives the one line instead (None: keep the traceback, it is a bug)."""
+
+    def __init__(self, app: ASGIApp, describe: Callable[[], str | None]) -> None:
+        self.app = app
+        self.describe = describe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_short(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                short = self.describe()
+                if short is not None:
+                    message = {**message, "message": short}
+            await send(message)
+
+        await self.app(scope, receive, send_short)

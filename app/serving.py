@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,11 +52,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # Set once per process by configure(), before the server accepts connections: uvicorn
     # builds protocols from the class (and pickles it by name for --workers N).
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    # Connections waiting for their headers, longest-waiting first: the limit closes the
+    # first of them in O(1) (a scan of every connection would cost a flood dearly).
+    _waiting: ClassVar[OrderedDict[GuardedHttpProtocol, None]] = OrderedDict()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_headers = True
-        self._waiting_since = 0.0
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._refusal: str | None = None
@@ -84,19 +87,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def _make_room(self) -> None:
-        waiting = [
-            connection
-            for connection in self.connections
-            if isinstance(connection, GuardedHttpProtocol)
-            and connection is not self
-            and connection._awaiting_headers
-            and connection._idle()
-        ]
-        if waiting:
-            oldest = min(waiting, key=lambda connection: connection._waiting_since)
-            oldest._close("connection limit reached: closed the longest-waiting connection")
-        else:
-            self._close("connection limit reached: every connection is busy")
+        for connection in self._waiting:
+            if connection is not self and connection._idle():
+                connection._close("connection limit reached: closed the longest-waiting one")
+                return
+        self._close("connection limit reached: every connection is busy")
 
     def _idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -111,18 +106,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
-        self._waiting_since = self.loop.time()
+        self._waiting[self] = None
         self._header_timer = self.loop.call_later(
             self.limits.header_timeout, self._header_timed_out
         )
 
     def _cancel_header_timer(self) -> None:
+        self._waiting.pop(self, None)
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
+        self._waiting.pop(self, None)
         if not self._awaiting_headers:
             return
         if not self._idle():

@@ -33,6 +33,8 @@ GETH_1_13_FLAGS = {
     "datadir",
     "networkid",
     "syncmode",
+    "gcmode",
+    "history.transactions",
     "bootnodes",
     "port",
     "nodiscover",
@@ -191,7 +193,11 @@ def test_geth_command_lines_use_only_geth_1_13_flags(compose: dict[str, Any]) ->
         assert flags["http.port"] == "8545"
         assert "geth" in (flags["http.vhosts"] or "").split(",")  # the name server's Host
         assert service["networks"]["default"]["aliases"] == ["geth"], name
+        # Archive: a crash never rewinds the chain, and old states stay readable.
+        assert flags["gcmode"] == "archive", name
+        assert flags["syncmode"] == "full", name  # never snap, even for a second sealer
     jami = geth_flags(geths["geth-jami"])
+    assert jami["history.transactions"] == "0"  # every receipt stays readable
     assert jami["networkid"] == "1551"
     assert jami["syncmode"] in GETH_SYNCMODES
     assert jami["bootnodes"] == JAMI_BOOTNODE

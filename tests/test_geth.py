@@ -324,3 +324,51 @@ def test_anvil_and_geth_rpc_errors_reach_callers_as_rejections(geth: GethNode) -
     run(with_client(geth.url, send))
     with pytest.raises(AnvilRPCError):
         geth.rpc("eth_sendRawTransaction", ["0x" + stale.raw_transaction.hex()])
+
+
+@pytest.mark.slow
+def test_registration_decided_after_a_full_node_dropped_its_state(
+    geth_binary: str, tmp_path: Path
+) -> None:
+    """On a node that is not an archive (--gcmode full), a registration mined in a block
+    whose state the node no longer has (here: dropped by a restart) is still decided:
+    nothing waits for ever on state the node will never have again."""
+    node = GethNode(tmp_path / "geth", binary=geth_binary, chain_id=4848, archive=False)
+    node.start()
+    env = {
+        "JAMINS_RPC_URL": node.url,
+        "JAMINS_CHAIN_ID": str(node.chain_id),
+        "JAMINS_DEPLOY": "true",
+        "JAMINS_SIGNER_KEY": funded_key(node),
+        "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+        # Not decided until 3 blocks deep: the server is stopped before that.
+        "JAMINS_CONFIRMATIONS": "3",
+    }
+    server = ServerProcess(data_dir=tmp_path / "server", env=env)
+    server.start()
+    try:
+        name, account = unique_name("pruned"), make_account()
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post(f"/name/{name}", json=account.registration_body(name))
+            assert answer.status_code == 200
+        tx_hash = str(server.wait_sent(name)["tx"])
+        server.stop()
+        mined = int(node.wait_receipt(tx_hash)["blockNumber"], 16)
+        for _ in range(3):  # later state changes: the registration block's state is unique
+            node.wait_receipt(node.send_from_bank({"to": ZERO_ADDRESS, "value": 1}))
+        node.stop()
+        node.start()
+
+        async def state_gone(client: ChainClient) -> None:
+            with pytest.raises(StateUnavailable):
+                await client.rpc("eth_getBalance", [ZERO_ADDRESS, hex(mined)])
+
+        run(with_client(node.url, state_gone))
+        server.env["JAMINS_CONFIRMATIONS"] = "0"
+        server.start()
+        settled = server.wait_settled(name, timeout=60)
+        assert settled["state"] == "confirmed", settled
+        assert settled["block"] == mined
+    finally:
+        server.stop()
+        node.stop()

@@ -160,6 +160,7 @@ def test_register_lookalikes_racing_one_is_409(
             registrar=Registrar(node.client(), REGISTRAR),
             negative_cache_seconds=0,
             registrations_enabled=True,
+            owner_address="0x" + "5e" * 20,
         )
         names = lookalike_pair()
         accounts = account_pool(2)

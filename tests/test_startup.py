@@ -44,12 +44,30 @@ def test_serve_refuses_another_chain_id(node: AnvilNode, tmp_path: Path) -> None
     )
     with pytest.raises(RuntimeError, match="serves chain id 1551, not the configured 1337"):
         server.start()
+    assert "Traceback" not in server.log_tail()
 
 
 def test_serve_refuses_without_registrar_address(node: AnvilNode, tmp_path: Path) -> None:
     server = ServerProcess(data_dir=tmp_path, env={"JAMINS_RPC_URL": node.url})
     with pytest.raises(RuntimeError, match="no registrar address: set JAMINS_CONTRACT_ADDRESS"):
         server.start()
+    assert "Traceback" not in server.log_tail()
+
+
+def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_path: Path) -> None:
+    done = _jamins(
+        "serve",
+        "--port",
+        str(free_port()),
+        env={
+            "JAMINS_DATA_DIR": str(tmp_path),
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_SIGNER_KEY_FILE": str(tmp_path / "missing.key"),
+        },
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot read the signer key file {tmp_path / 'missing.key'}" in done.stderr
 
 
 def test_deploy_then_serve_remembers_registrar_and_status_reports(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 from app.errors import RETRY_AFTER_SECONDS
-from app.metrics import readiness, refresh_metrics
+from app.metrics import exposition, readiness, refresh_metrics
 
 router = APIRouter()
 
@@ -45,6 +45,4 @@ async def readyz(request: Request) -> JSONResponse:
 )
 async def metrics(request: Request) -> Response:
     await refresh_metrics(request.app, request.app.state.settings)
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(exposition(request.app), media_type=CONTENT_TYPE_LATEST)

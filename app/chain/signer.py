@@ -100,6 +100,7 @@ DATA_DIR_GITIGNORE = """\
 signer.key
 jamins.sqlite3*
 chain/
+*.lock
 """
 
 
