@@ -180,7 +180,11 @@ def test_kill_9_then_restart_of_a_geth_full_node_confirms_mined_registrations(
     restarted keeps the head's state and the receipts, not the state of the blocks that
     mined our transactions while the server was down ("missing trie node")."""
     with GethNode(tmp_path / "geth", binary=geth_binary, archive=False) as node:
-        env = _server_env(node, funded_key(node), JAMINS_CONFIRMATIONS="0")
+        # A slow receipt poll: the writer sends at once, and looks for receipts only
+        # after the restart (the kill comes before it decides anything).
+        env = _server_env(
+            node, funded_key(node), JAMINS_CONFIRMATIONS="0", JAMINS_RECEIPT_POLL_SECONDS="60"
+        )
         server = ServerProcess(data_dir=tmp_path / "server", env=env)
         server.start()
         accounts = quick_accounts(3, offset=34)
@@ -189,14 +193,17 @@ def test_kill_9_then_restart_of_a_geth_full_node_confirms_mined_registrations(
             with httpx.Client(base_url=server.url, timeout=30) as http:
                 for name, account in zip(names, accounts, strict=True):
                     assert _post(http, name, account.registration_body(name)) == 200
-            for name in names:
-                server.wait_sent(name)
+            at_kill = [server.wait_sent(name)["state"] for name in names]
             server.kill()
         finally:
             server.stop()
-        node.wait_for_block(node.block_number() + 4)  # ours mined, and more blocks on top
+        assert "pending" in at_kill
+        node.wait_for_block(node.block_number() + 2)  # ours mined
+        for _ in range(3):  # later blocks whose state differs from ours (empty ones do not)
+            node.wait_receipt(node.send_from_bank({"to": "0x" + "00" * 20, "value": 1}))
         node.stop()
         node.start()
+        server.env["JAMINS_RECEIPT_POLL_SECONDS"] = "0.2"
         server.start()
         try:
             settled = [server.wait_settled(name, timeout=60) for name in names]

@@ -221,3 +221,25 @@ def test_reorg_reopened_registration_leaves_no_nonce_gap(tmp_path: Path, node: F
         }
 
     run_with_writer(tmp_path, node, scenario)
+
+
+def test_writer_paused_by_an_outage_too_long_reports_it(tmp_path: Path, node: FakeNode) -> None:
+    async def scenario(node: FakeNode, writer: TxWriter, db: DB) -> None:
+        await accept(db, "fay", "a6" * 20)
+        node.refuse = True  # an outage: the writer waits, and says so after stuck_after
+        task = asyncio.create_task(writer.run())
+        try:
+            async with asyncio.timeout(5):
+                while writer.problem() is None:
+                    await asyncio.sleep(0.01)
+            assert "paused" in (writer.problem() or "")
+            node.refuse = False
+            node.automine = True
+            async with asyncio.timeout(5):
+                while writer.problem() is not None:
+                    writer.wake()
+                    await asyncio.sleep(0.01)
+        finally:
+            await stop(task)
+
+    run_with_writer(tmp_path, node, scenario, stuck_after=0.2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -120,6 +121,7 @@ class TxWriter:
         confirmations: int = 0,
         on_settled: Callable[[str], None] | None = None,
         mine_stalled: Callable[[], Awaitable[None]] | None = None,
+        stuck_after: float = 120.0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.client = client
@@ -144,17 +146,25 @@ class TxWriter:
         # writer that cannot make progress.
         self.failures = 0
         self.last_error: str | None = None
+        # Since when every step has waited on an outage, and how long that may last
+        # before it counts as not making progress either.
+        self.waiting_since: float | None = None
+        self.stuck_after = stuck_after
 
     def wake(self) -> None:
         """Tell the writer that a registration was accepted."""
         self._wake.set()
 
     def problem(self) -> str | None:
-        """Why the writer cannot make progress (two steps in a row failed on something
-        other than an outage), else None."""
-        if self.failures < 2:
-            return None
-        return f"writer failing ({self.failures} steps in a row): {self.last_error}"
+        """Why the writer cannot make progress, else None: two steps in a row failed on
+        something other than an outage, or an outage has paused it for `stuck_after`."""
+        if self.failures >= 2:
+            return f"writer failing ({self.failures} steps in a row): {self.last_error}"
+        if self.waiting_since is not None:
+            waited = time.monotonic() - self.waiting_since
+            if waited >= self.stuck_after:
+                return f"writer paused for {waited:.0f} s: {self.last_error}"
+        return None
 
     async def run(self) -> None:
         """Work until cancelled; chain and database outages only pause it."""
@@ -166,6 +176,7 @@ class TxWriter:
                 self.state = "running"
                 self.failures = 0
                 self.last_error = None
+                self.waiting_since = None
                 backoff = self.poll_seconds
             except ServiceUnavailable as exc:
                 # Waiting on something /readyz already shows (the node, the database) or
@@ -173,6 +184,9 @@ class TxWriter:
                 self.state = "waiting for " + exc.detail
                 logger.warning("writer paused: %s", exc.detail)
                 self.next_nonce = None
+                self.last_error = exc.detail
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
                 backoff = min(backoff * 2, 30.0)
             except asyncio.CancelledError:
                 raise
