@@ -68,8 +68,15 @@ def run_index(settings: Settings) -> None:
 
 def run_export(settings: Settings, file: Path | None) -> None:
     require_data_dir(settings, database=True)
-    count = asyncio.run(_export(settings, file))
-    stderr.print(f"exported {count} records" + (f" to {file}" if file else ""))
+    count, skipped = asyncio.run(_export(settings, file))
+    # Chain records the mirror does not serve are reported one by one, never dropped silently.
+    for name, why in skipped:
+        stderr.print(f"skipped chain record {name!r}: {why}", markup=False)
+    stderr.print(
+        f"exported {count} records"
+        + (f" to {file}" if file else "")
+        + (f"; {len(skipped)} chain records skipped" if skipped else "")
+    )
 
 
 def run_import(settings: Settings, file: Path, cache_only: bool, verify: bool = True) -> None:
@@ -135,7 +142,7 @@ async def _index(settings: Settings) -> tuple[int, int]:
         return reached, indexer.names_loaded
 
 
-async def _export(settings: Settings, file: Path | None) -> int:
+async def _export(settings: Settings, file: Path | None) -> tuple[int, list[tuple[str, str]]]:
     migrate(settings)
     engine = make_async_engine(settings)
     sessionmaker = make_sessionmaker(engine)
@@ -144,9 +151,10 @@ async def _export(settings: Settings, file: Path | None) -> int:
         handle = open(file, "w", encoding="utf-8") if file else nullcontext(sys.stdout)  # noqa: SIM115
         with _progress() as progress, handle as out:
             task = progress.add_task("exporting", total=total)
-            return await portability.export_names(
+            count = await portability.export_names(
                 sessionmaker, out, on_record=lambda: progress.advance(task)
             )
+        return count, await portability.skipped_records(sessionmaker)
     finally:
         await engine.dispose()
 

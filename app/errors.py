@@ -110,6 +110,14 @@ class ChainUnavailable(ServiceUnavailable):
     message = "chain node unavailable"
 
 
+class RegistrationPending(ServiceUnavailable):
+    """The name's registration is not on chain yet, on a registrar others write too:
+    another account may still take it first, so no answer can be given that will stay
+    true (a client keeps a 200 forever, and reads a 404 as "free")."""
+
+    message = "registration pending on chain"
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     message = "database unavailable"
 

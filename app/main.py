@@ -289,6 +289,7 @@ async def lifespan_of(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             admission=admission_for(settings),
             lookup_cache_seconds=settings.lookup_cache_seconds,
             owner_address=signer.address if signer is not None else None,
+            serve_pending=settings.only_writer(),
         )
         background = Background(
             lock=leader_lock(engine, settings.sqlite_path()),

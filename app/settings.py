@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Worker processes of `jamins serve` (needs JAMINS_RPC_URL)."
     )
     access_log: bool = Field(default=True, description="Log every request (uvicorn's log).")
+    registrar_exclusive: bool | None = Field(
+        default=None,
+        description="Whether this server is the only writer of the registrar (a private "
+        "chain with its own registrar): lookups then answer names whose registration is "
+        "still pending. false: they answer 503 until it is on chain, since another account "
+        "may take the name first. Unset: true on the embedded node, false otherwise.",
+    )
     receipt_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the writer polls for receipts."
     )
@@ -231,6 +238,12 @@ class Settings(BaseSettings):
         if value and (not value.startswith("/") or value != value.lower()):
             raise ValueError("path_prefix must start with / and be lowercase")
         return value
+
+    def only_writer(self) -> bool:
+        """Whether no one but this server writes the registrar (see registrar_exclusive)."""
+        if self.registrar_exclusive is not None:
+            return self.registrar_exclusive
+        return self.embedded
 
     def effective_confirmations(self) -> int:
         if self.confirmations is not None:

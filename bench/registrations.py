@@ -3,6 +3,7 @@ a node with 5 s blocks and the Jami chain's 4.7M gas limit.
 
     .venv/bin/python bench/registrations.py                 # SQLite
     .venv/bin/python bench/registrations.py --db postgresql
+    .venv/bin/python bench/registrations.py --node geth     # geth 1.13.15 Clique (make geth)
 
 Measures the acknowledgement latency of the POSTs (p50/p99), the time until every name is
 confirmed (polling /registrations/NAME), and each block's gas used / gas limit until the
@@ -118,6 +119,18 @@ def _stop_profile(spy: subprocess.Popen[bytes]) -> None:
             spy.wait()
 
 
+def start_geth(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, int]:
+    """A geth 1.13.15 Clique chain (tests/geth.py) with the Jami schedule, 5 s blocks and
+    4.7M gas, the benchmark's signer funded in its genesis; returns (url, chain id)."""
+    from tests.geth import GethNode
+
+    node = GethNode(workdir, period=BLOCK_SECONDS, gas_limit=GAS_LIMIT, bank_key=_common.SIGNER_KEY)
+    stack.callback(node.stop)
+    print("starting geth; waiting for block 5 (Constantinople)...", flush=True)
+    node.start(timeout=120)
+    return node.url, node.chain_id
+
+
 def blocks_between(url: str, first: int, last: int) -> list[dict[str, Any]]:
     blocks = []
     for number in range(first, last + 1):
@@ -146,25 +159,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _common.machine(),
         "database": args.db,
         "registrations": len(names),
+        "node": args.node,
         "block_seconds": BLOCK_SECONDS,
         "gas_limit": GAS_LIMIT,
         "body_bytes": len(httpx.Request("POST", "/", json=bodies[names[0]]).content),
     }
     with contextlib.ExitStack() as stack:
         work = _common.workdir(stack, "jamins-bench-registrations-")
-        node = _common.start_anvil(stack, block_time=BLOCK_SECONDS, gas_limit=GAS_LIMIT)
+        extra = {}
+        if args.node == "geth":
+            node_url, chain_id = start_geth(stack, work / "geth")
+            extra["JAMINS_CHAIN_ID"] = str(chain_id)
+        else:
+            node_url = _common.start_anvil(stack, block_time=BLOCK_SECONDS, gas_limit=GAS_LIMIT).url
         database_url = _common.start_database(stack, args.db, work)
         server = _common.start_server(
             stack,
             work / "server",
             _common.jamins_env(
-                node.url,
+                node_url,
                 database_url,
                 # Every POST comes from 127.0.0.1: a per-client limit would throttle the backlog.
                 JAMINS_REGISTER_RATE_PER_MINUTE="0",
+                **extra,
             ),
         )
-        head = int(rpc(node.url, "eth_blockNumber", []), 16)
+        head = int(rpc(node_url, "eth_blockNumber", []), 16)
         spy = None
         if args.profile:
             assert server.process is not None
@@ -187,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drained = max(entry["seconds"] for entry in settled.values())
         failed = {name: entry for name, entry in settled.items() if entry["state"] != "confirmed"}
         last_block = max(entry["block"] or head for entry in settled.values())
-        blocks = blocks_between(node.url, head + 1, last_block)
+        blocks = blocks_between(node_url, head + 1, last_block)
     # The blocks that carried the backlog: from the first with a registration to the last.
     carrying = [block for block in blocks if block["transactions"]]
     first_carrying = carrying[0]["number"] if carrying else last_block
@@ -287,6 +307,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         path,
         f"jamins: {results['registrations']} RSA-4096 registrations at once, "
         f"{results['block_seconds']} s blocks, {results['gas_limit']:,} gas, {results['database']}"
+        f", {results['node']}"
         f" ({machine['nproc']} x {machine['cpu_model']}, {machine['date']})",
     )
 
@@ -297,6 +318,9 @@ def main() -> None:
     )
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--count", type=int, default=30)
+    parser.add_argument(
+        "--node", choices=["anvil", "geth"], default="anvil", help="geth: make geth first"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain")
     parser.add_argument("--profile", action="store_true", help="py-spy the POST burst")
     args = parser.parse_args()
@@ -304,7 +328,9 @@ def main() -> None:
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
         parser.error("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
     results = run(args)
-    suffix = "" if args.db == "sqlite" else f"-{args.db}"
+    suffix = ("" if args.db == "sqlite" else f"-{args.db}") + (
+        "" if args.node == "anvil" else f"-{args.node}"
+    )
     json_path = _common.write_json(f"registrations{suffix}.json", results)
     png_path = _common.RESULTS_DIR / f"registrations{suffix}.png"
     plot(results, png_path)

@@ -10,6 +10,7 @@ with no code (`0x` answers), an empty or partial batch, an RPC error on every ca
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,9 @@ class FakeNode:
     rpc_error: str | None = None
     calls: int = 0
     methods: list[str] = field(default_factory=list)
+    # Awaited before the node answers the next batch (then forgotten): what happens
+    # while a read is on its way.
+    before_batch: Callable[[], Awaitable[None]] | None = None
 
     def client(self) -> ChainClient:
         client = ChainClient("http://fake-node", timeout=5)
@@ -336,6 +340,9 @@ class FakeProvider(AsyncBaseProvider):
         self, requests: list[tuple[RPCEndpoint, Any]]
     ) -> list[RPCResponse] | RPCResponse:
         self._refuse()
+        if self.node.before_batch is not None:
+            hook, self.node.before_batch = self.node.before_batch, None
+            await hook()
         if self.node.batch_answer == "error":
             return {
                 "jsonrpc": "2.0",

@@ -523,3 +523,46 @@ def test_direct_changes_reach_cached_lookups(
     assert http.get(f"/addr/{second_id}").json() == {"name": name}
     writer.disown(name)
     assert _eventually(lambda: http.get(f"/name/{name}").status_code == 404)
+
+
+# -- records written directly on the contract ----------------------------------------------
+
+
+def test_reverse_lookup_needs_the_forward_lookup_to_agree(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str, new_account: AccountSupply
+) -> None:
+    """Issue 14 case 5: a fold-alike of a registered name and byte strings that are no
+    names, written on the contract: never served, by name or by address."""
+    account = new_account()
+    name = unique_name("pgname")
+    assert register(http, name, account.registration_body(name)).status_code == 200
+    writer = DirectWriter(anvil, contract_address)
+    tag = secrets.token_hex(3)
+    written = {
+        name.upper(): secrets.token_hex(20),
+        f"rawname{tag} ": secrets.token_hex(20),
+        f"a b{tag}": secrets.token_hex(20),
+        f"x/owner{tag}": secrets.token_hex(20),
+    }
+    for chain_name, jami_id in written.items():
+        writer.reserve_for(chain_name, jami_id)
+    for jami_id in written.values():
+        assert http.get(f"/addr/{jami_id}").status_code == 404
+    assert http.get(f"/name/{name.upper()}").json()["addr"] == "0x" + account.jami_id
+    assert http.get(f"/addr/{account.jami_id}").json() == {"name": name}
+
+
+def test_name_held_without_address_is_taken_everywhere(
+    http: httpx.Client, anvil: AnvilNode, contract_address: str, new_account: AccountSupply
+) -> None:
+    """Issue 14 case 6: reserved on chain with a zero addr. Lookups say it exists with no
+    address (never 404 "free"), registrations say taken."""
+    writer = DirectWriter(anvil, contract_address)
+    name = unique_name("held")
+    writer.reserve_for(name, "0" * 40)
+    assert http.get(f"/name/{name}").json() == {"name": name, "addr": ""}
+    owner = http.get(f"/name/{name}/owner").json()
+    assert owner == {"name": name, "owner": writer.account.address.lower()}
+    account = new_account()
+    assert register(http, name, account.registration_body(name)).status_code == 409
+    assert http.get(f"/addr/{'0' * 40}").status_code == 404

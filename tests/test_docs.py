@@ -76,3 +76,19 @@ def test_protocol_document_abi_matches_the_contract_artifact() -> None:
 )
 def test_protocol_document_covers(needle: str) -> None:
     assert needle in PROTOCOL.read_text(encoding="utf-8")
+
+
+def test_protocol_document_links_resolve() -> None:
+    # Relative links of docs/PROTOCOL.md: files exist, README anchors are headings.
+    text = PROTOCOL.read_text(encoding="utf-8")
+    readme_anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    }
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", text)
+    assert ("../README.md", "name-policy") in links
+    for path, anchor in links:
+        assert (PROTOCOL.parent / path).resolve().is_file(), path
+        if anchor and path.endswith("README.md"):
+            assert anchor in readme_anchors, anchor

@@ -53,6 +53,8 @@ def _server_env(node: ChainNode, key: str, **extra: str) -> dict[str, str]:
         "JAMINS_DEPLOY": "true",
         "JAMINS_SIGNER_KEY": key,
         "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+        # The test's own node and registrar: pending names are answered at once.
+        "JAMINS_REGISTRAR_EXCLUSIVE": "true",
         **extra,
     }
 
@@ -162,6 +164,44 @@ def test_kill_9_then_node_restart_from_its_state_file_confirms_mined_registratio
                 assert _post(http, later, account.registration_body(later)) == 200
                 assert server.wait_settled(later)["state"] == "confirmed"
                 assert http.get("/readyz").json()["status"] == "ready"
+            contract = server.registrar_address()
+        finally:
+            server.stop()
+        assert [s["state"] for s in settled] == ["confirmed"] * len(names)
+        assert [chain_addr(node.url, contract, name) for name in names] == [
+            account.jami_id for account in accounts
+        ]
+
+
+def test_kill_9_then_restart_of_a_geth_full_node_confirms_mined_registrations(
+    geth_binary: str, tmp_path: Path
+) -> None:
+    """The realistic case of the test above: geth's default full node (not an archive)
+    restarted keeps the head's state and the receipts, not the state of the blocks that
+    mined our transactions while the server was down ("missing trie node")."""
+    with GethNode(tmp_path / "geth", binary=geth_binary, archive=False) as node:
+        env = _server_env(node, funded_key(node), JAMINS_CONFIRMATIONS="0")
+        server = ServerProcess(data_dir=tmp_path / "server", env=env)
+        server.start()
+        accounts = quick_accounts(3, offset=34)
+        names = [unique_name("fullnode") for _ in accounts]
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                for name, account in zip(names, accounts, strict=True):
+                    assert _post(http, name, account.registration_body(name)) == 200
+            for name in names:
+                server.wait_sent(name)
+            server.kill()
+        finally:
+            server.stop()
+        node.wait_for_block(node.block_number() + 4)  # ours mined, and more blocks on top
+        node.stop()
+        node.start()
+        server.start()
+        try:
+            settled = [server.wait_settled(name, timeout=60) for name in names]
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/readyz").json()["checks"]["writer"] == "ok"
             contract = server.registrar_address()
         finally:
             server.stop()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.chain.anvil import AnvilNode
 from app.chain.client import ChainClient
-from app.chain.indexer import Indexer
+from app.chain.indexer import Indexer, skipped_chain_names
 from app.chain.registrar import Registrar
 from app.db import make_async_engine, make_sessionmaker, make_sync_engine, migrate
 from app.models import NameRecord
@@ -160,3 +160,33 @@ def test_index_rolls_back_a_reorg(settings: Settings, own_node: AnvilNode, longe
         rpc(own_node.url, "anvil_mine", [hex(10)])
     run_indexer(settings, own_node.url, contract)
     assert mirror(settings) == expected(writer, kept + replacement)
+
+
+def test_index_skips_and_reports_chain_records_outside_the_name_policy(
+    settings: Settings, anvil: AnvilNode
+) -> None:
+    """Names written on the contract that this server would never register are not
+    mirrored (not served), and each is remembered for `jamins export` to report."""
+    writer = DirectWriter(anvil.url, funded_key(anvil))
+    contract = writer.deploy()
+    tag = secrets.token_hex(3)
+    good = records(1)
+    odd = [
+        DirectRecord(name=name, jami_id=secrets.token_hex(20))
+        for name in (f"PG{tag}", f"raw{tag} ", f"a b{tag}", f"x/owner{tag}")
+    ]
+    writer.reserve_for(good + odd)
+    run_indexer(settings, anvil.url, contract)
+    assert mirror(settings) == expected(writer, good)
+
+    async def skipped() -> list[tuple[str, str]]:
+        engine = make_async_engine(settings)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await skipped_chain_names(session)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(skipped()) == sorted(
+        (record.name, "outside the name policy") for record in odd
+    )

@@ -10,17 +10,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
 
 from app.admission import Admission
 from app.chain.registrar import Registrar
+from app.chain.signer import Signer
+from app.chain.writer import GasPolicy, TxWriter
 from app.db import make_async_engine, make_sessionmaker, migrate
-from app.errors import ServiceUnavailable
+from app.errors import (
+    AddressNotRegistered,
+    NameNotRegistered,
+    NameTaken,
+    RegistrationPending,
+    ServiceUnavailable,
+)
 from app.services.registry import NameService, RegistrationRequest
 from app.settings import Settings
-from tests.fake_chain import REGISTRAR, FakeNode
+from tests.fake_chain import CHAIN_ID, REGISTRAR, FakeNode
 from tests.faults import quick_accounts
 
 ServiceScenario = Callable[[FakeNode, NameService], Awaitable[None]]
+
+
+SIGNER = Account.from_key("0x" + "5e" * 32)
 
 
 def run_with_service(
@@ -39,9 +51,19 @@ def run_with_service(
                 registrar=Registrar(client, REGISTRAR),
                 negative_cache_seconds=60,
                 registrations_enabled=True,
-                owner_address="0x" + "5e" * 20,
+                owner_address=SIGNER.address,
                 lookup_cache_seconds=60,
                 **service,
+            )
+            name_service.writer = TxWriter(  # type: ignore[attr-defined]
+                sessionmaker=make_sessionmaker(engine),
+                client=client,
+                registrar=Registrar(client, REGISTRAR),
+                signer=Signer(SIGNER),
+                policy=GasPolicy(CHAIN_ID, None),
+                poll_seconds=0.01,
+                max_in_flight=4,
+                on_settled=lambda folded: name_service.records_changed([folded]),
             )
             await scenario(node, name_service)
         finally:
@@ -86,7 +108,7 @@ def test_lookup_on_a_failing_node_is_unavailable_and_not_remembered(
         for key in failure:
             setattr(node, key, FakeNode.__dataclass_fields__[key].default)
         assert (await service.lookup_name("held")).addr == account.jami_id
-        assert await service.lookup_addr(account.jami_id) == "held"
+        assert (await service.lookup_addr(account.jami_id)).name == "held"
 
     run_with_service(tmp_path, FakeNode(), scenario)
 
@@ -116,3 +138,112 @@ def test_register_identical_copies_at_once_all_succeed_for_one_token(
                 await service.register("xx2", other, client="1.2.3.4")
 
     run_with_service(tmp_path, FakeNode(), scenario, admission=admission)
+
+
+ATTACKER = "0x" + "77" * 20
+
+
+def _writer(service: NameService) -> TxWriter:
+    writer: TxWriter = service.writer  # type: ignore[attr-defined]
+    return writer
+
+
+@pytest.mark.parametrize("serve_pending", [False, True], ids=["shared", "only-writer"])
+def test_lookup_while_pending_is_never_contradicted(tmp_path: Path, serve_pending: bool) -> None:
+    """Another account's reserveFor of the same name lands first in our block. On a
+    registrar others write, every lookup before the outcome is a 503, never the client's
+    ID; on one only this server writes, the pending name is served (and that case has no
+    other writer: the test shows what the setting trusts)."""
+    (account,) = quick_accounts(1, offset=503)
+    rival = "b7" * 20
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        request = RegistrationRequest.model_validate(account.registration_body("contested"))
+        await service.register("contested", request)
+        node.direct_reserve_for(ATTACKER, "contested", ATTACKER[2:], rival)
+        await _writer(service).step()  # ours is sent behind the rival's, same block
+        if serve_pending:
+            assert (await service.lookup_name("contested")).addr == account.jami_id
+            return
+        for lookup in (
+            lambda: service.lookup_name("contested"),
+            lambda: service.lookup_addr(account.jami_id),
+        ):
+            with pytest.raises(RegistrationPending):
+                await lookup()
+        node.mine()
+        await _writer(service).step()
+        assert (await service.lookup_name("contested")).addr == rival
+        with pytest.raises(AddressNotRegistered):
+            await service.lookup_addr(account.jami_id)
+
+    run_with_service(tmp_path, FakeNode(automine=False), scenario, serve_pending=serve_pending)
+
+
+def test_lookup_racing_a_registration_caches_nothing_stale(tmp_path: Path) -> None:
+    """A lookup misses SQL and reads the chain; a registration of that name is accepted
+    while the read is on its way. What the read found (free) must not be remembered."""
+    (account,) = quick_accounts(1, offset=504)
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        request = RegistrationRequest.model_validate(account.registration_body("racing"))
+
+        async def register_meanwhile() -> None:
+            await service.register("racing", request)
+
+        node.before_batch = register_meanwhile
+        with pytest.raises(NameNotRegistered):
+            await service.lookup_name("racing")  # read before the registration: true then
+        assert "racing" not in service.hot.missing_names
+        assert (await service.lookup_name("racing")).addr == account.jami_id
+        # A pending record's answer is never kept as final.
+        assert (await service.lookup_name("racing")).cache_token is None
+
+    run_with_service(tmp_path, FakeNode(automine=False), scenario, serve_pending=True)
+
+
+def test_reverse_lookup_answers_only_what_the_forward_lookup_confirms(tmp_path: Path) -> None:
+    """Records written directly on the contract: `PGNAME1` (folds like the registered
+    `pgname1` of another ID), and byte strings that are no name at all."""
+    (account,) = quick_accounts(1, offset=505)
+    impostor, spaced, blank, slashed = "c1" * 20, "c2" * 20, "c3" * 20, "c4" * 20
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        request = RegistrationRequest.model_validate(account.registration_body("pgname1"))
+        await service.register("pgname1", request)
+        node.mine()
+        await _writer(service).step()
+        for name, jami_id in [
+            ("PGNAME1", impostor),
+            ("rawname2 ", spaced),
+            ("a b", blank),
+            ("x/owner", slashed),
+        ]:
+            node.direct_reserve_for(ATTACKER, name, ATTACKER[2:], jami_id)
+        node.mine()
+        for jami_id in (impostor, spaced, blank, slashed):
+            with pytest.raises(AddressNotRegistered):
+                await service.lookup_addr(jami_id)
+        assert (await service.lookup_name("PGNAME1")).addr == account.jami_id
+        assert (await service.lookup_addr(account.jami_id)).name == "pgname1"
+
+    run_with_service(tmp_path, FakeNode(), scenario, serve_pending=True)
+
+
+def test_name_held_without_address_is_taken_for_lookups_and_registrations(
+    tmp_path: Path,
+) -> None:
+    (account,) = quick_accounts(1, offset=506)
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        node.direct_reserve_for(ATTACKER, "heldname", ATTACKER[2:], "0" * 40)
+        node.mine()
+        view = await service.lookup_name("heldname")
+        assert view.held_without_address and view.owner == ATTACKER[2:]
+        request = RegistrationRequest.model_validate(account.registration_body("heldname"))
+        with pytest.raises(NameTaken):
+            await service.register("heldname", request)
+        with pytest.raises(AddressNotRegistered):
+            await service.lookup_addr("0" * 40)
+
+    run_with_service(tmp_path, FakeNode(), scenario)

@@ -52,6 +52,9 @@ def test_two_servers_share_one_writer_and_take_over(
         "JAMINS_DATABASE_URL": postgres.create_database(f"two_{secrets.token_hex(4)}"),
         "JAMINS_LEADER_POLL_SECONDS": "0.5",
         "JAMINS_RECEIPT_POLL_SECONDS": "0.3",
+        # One deployment (one signer, one registrar) on a private node: pending names are
+        # answered at once (README, "What lookups answer while a registration is pending").
+        "JAMINS_REGISTRAR_EXCLUSIVE": "true",
     }
     first = ServerProcess(data_dir=tmp_path / "a", env={**env, "JAMINS_DEPLOY": "true"})
     first.start()
@@ -113,6 +116,7 @@ def test_workers_answer_alike_on_postgresql(
             "JAMINS_DEPLOY": "true",
             "JAMINS_DATABASE_URL": postgres.create_database(f"w_{secrets.token_hex(4)}"),
             "JAMINS_WORKERS": "2",
+            "JAMINS_REGISTRAR_EXCLUSIVE": "true",
         },
     )
     server.start()

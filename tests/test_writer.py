@@ -17,6 +17,7 @@ from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.chain.reconcile import reopen
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer
 from app.chain.writer import GasPolicy, TxWriter
@@ -192,3 +193,31 @@ def test_writer_with_every_slot_in_flight_waits(tmp_path: Path, node: FakeNode) 
         assert node.calls < 60, node.calls
 
     run_with_writer(tmp_path, node, scenario, max_in_flight=2, poll_seconds=0.1)
+
+
+def test_reorg_reopened_registration_leaves_no_nonce_gap(tmp_path: Path, node: FakeNode) -> None:
+    """A reorg drops the first of three transactions in flight and reconcile hands its
+    registration back to be signed anew: its nonce is now a gap under the other two,
+    which the node keeps queued forever unless the writer notices and fills it."""
+
+    async def scenario(node: FakeNode, writer: TxWriter, db: DB) -> None:
+        for index in range(3):
+            await accept(db, f"gap{index}", f"d{index}" * 20)
+        await writer.step()  # nonces 0, 1, 2 in flight
+        async with session_scope(db) as session, session.begin():
+            first = await session.scalar(select(Registration).where(Registration.nonce == 0))
+            assert first is not None
+            dropped = first.tx_hash
+            await reopen(session, first, resign=True)
+        del node.pool[str(dropped)]
+        for _ in range(4):
+            await writer.step()
+            node.mine()
+        await writer.step()
+        assert {name: state for name, (state, _) in (await states(db)).items()} == {
+            "gap0": "confirmed",
+            "gap1": "confirmed",
+            "gap2": "confirmed",
+        }
+
+    run_with_writer(tmp_path, node, scenario)

@@ -76,7 +76,7 @@ class HotPathMiddleware:
             if body is not None:
                 service.cache_counts["name", "hit"] += 1
                 return "name", 200, body
-            if self.serve_negative and folded in service.missing_names:
+            if self.serve_negative and folded in service.hot.missing_names:
                 service.cache_counts["name", "negative_hit"] += 1
                 return "name", 404, NOT_FOUND_BODY
             return None

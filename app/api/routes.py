@@ -120,13 +120,16 @@ async def get_name(
     name: str, service: ServiceDep, raw_name: Annotated[str, Depends(lookup_name_param)]
 ) -> Response:
     record = await service.lookup_name(raw_name)
-    answer: dict[str, str] = {"name": record.name, "addr": "0x" + record.addr}
+    # A name held on chain without an address is taken, and bound to no ID: "addr" ""
+    # (which a Jami client reads as "not found"; a registration of it answers 409).
+    addr = "" if record.held_without_address else "0x" + record.addr
+    answer: dict[str, str] = {"name": record.name, "addr": addr}
     if record.publickey is not None:
         answer["publickey"] = record.publickey
     if record.signature is not None:
         answer["signature"] = record.signature
     body = _json_bytes(answer)
-    service.hot.names.put(record.folded_name, body)
+    service.hot.put_name(record.folded_name, body, record.cache_token)
     return Response(body, media_type="application/json")
 
 
@@ -169,8 +172,8 @@ async def get_addr(
     addr: str, service: ServiceDep, raw_addr: Annotated[str, Depends(addr_param)]
 ) -> Response:
     found = await service.lookup_addr(raw_addr)
-    body = _json_bytes({"name": found})
-    service.hot.addrs.put(names.normalize_jami_id(raw_addr), body)
+    body = _json_bytes({"name": found.name})
+    service.hot.put_addr(found.jami_id, body, found.cache_token)
     return Response(body, media_type="application/json")
 
 

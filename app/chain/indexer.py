@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import names
 from app.chain.client import ChainClient, ChainRejected
 from app.chain.reconcile import reconcile_confirmed, reopen
-from app.chain.registrar import ChainRecord, Registrar
+from app.chain.registrar import ChainRecord, Registrar, servable
 from app.db import get_meta, session_scope, set_meta
 from app.errors import ServiceUnavailable
-from app.models import CONFIRMED, IndexedBlock, NameRecord, Registration
+from app.models import CONFIRMED, IndexedBlock, Meta, NameRecord, Registration
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,16 @@ async def apply_records(
         row = existing.get(name)
         if row is not None and row.pending:
             continue
+        skip_key = SKIPPED_PREFIX + name
         if record is None:
+            if row is not None:
+                await session.delete(row)
+                fold_owner.pop(row.folded_name, None)
+            await session.execute(delete(Meta).where(Meta.key == skip_key))
+            continue
+        if not servable(name):
+            # Anyone can write any bytes32 on the contract: not a name, never served.
+            await _skip(session, name, "outside the name policy")
             if row is not None:
                 await session.delete(row)
                 fold_owner.pop(row.folded_name, None)
@@ -305,8 +314,9 @@ async def apply_records(
             folded = names.fold(name)
             holder = fold_owner.get(folded)
             if holder is not None and holder != name:
-                logger.warning("chain name %r folds like %r, which is served", name, holder)
+                await _skip(session, name, f"folds like {holder!r}, which is served")
                 continue
+            await session.execute(delete(Meta).where(Meta.key == skip_key))
             row = NameRecord(name=name, folded_name=folded, pending=False)
             session.add(row)
             existing[name] = row
@@ -316,3 +326,20 @@ async def apply_records(
         row.publickey = record.publickey or None
         row.signature = record.signature or None
         row.block_number = block
+
+
+SKIPPED_PREFIX = "skipped_chain_name:"
+
+
+async def _skip(session: AsyncSession, name: str, reason: str) -> None:
+    """Remember a chain record the mirror does not serve, for `jamins export` to report."""
+    logger.warning("chain record %r not served: %s", name, reason)
+    await set_meta(session, SKIPPED_PREFIX + name, reason)
+
+
+async def skipped_chain_names(session: AsyncSession) -> list[tuple[str, str]]:
+    """(name, why) of every chain record the mirror holds on chain but does not serve."""
+    rows = await session.execute(
+        select(Meta.key, Meta.value).where(Meta.key.startswith(SKIPPED_PREFIX)).order_by(Meta.key)
+    )
+    return [(key.removeprefix(SKIPPED_PREFIX), value) for key, value in rows]

@@ -15,7 +15,7 @@ from web3 import AsyncWeb3
 
 from app.chain.client import ChainClient, ChainRejected
 from app.errors import ChainUnavailable
-from app.names import InvalidName, from_bytes32, to_bytes32
+from app.names import InvalidName, check_registration_name, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
 # Topic 0 of the event reserveFor emits when it binds a name to an address.
@@ -64,8 +64,9 @@ class ChainRecord:
 
 @dataclass(frozen=True)
 class ChainView:
-    """What one batch read: per name its record (None without an address) and owner, and
-    the name an address points to."""
+    """What one batch read: per name its record (None when free: no owner, no address;
+    a record's addr is zero when an owner holds it without one) and owner, and the name
+    an address points to."""
 
     records: list[ChainRecord | None]
     owners: list[str]
@@ -129,9 +130,10 @@ class Registrar:
             addr_word, owner_word, key_data, signature_data = results[4 * index : 4 * index + 4]
             addr = _address_word(addr_word)
             owners.append(_address_word(owner_word))
-            if addr == ZERO_ADDRESS:
-                records.append(None)
+            if addr == ZERO_ADDRESS and owners[-1] == ZERO_ADDRESS:
+                records.append(None)  # free: reserveFor would bind it
                 continue
+            # An owner with a zero address still holds the name (reserveFor refuses it).
             records.append(
                 ChainRecord(
                     name=name,
@@ -203,6 +205,18 @@ class Registrar:
                 args=[to_bytes32(name), _checksum(owner), _checksum(jami_id), publickey, signature],
             )
         )
+
+
+def servable(name: str) -> bool:
+    """Whether a name found on chain may be served: one this server would register.
+
+    Anyone can write any 32 bytes on the contract (`rawname2 ` with a trailing space,
+    `a b`, `x/owner`, `PGNAME1` beside a registered `pgname1`): those are not names."""
+    try:
+        check_registration_name(name)
+    except InvalidName:
+        return False
+    return True
 
 
 def _hex(value: Any) -> str:

@@ -134,6 +134,8 @@ class TxWriter:
         self.mine_stalled = mine_stalled
         self.on_settled = on_settled
         self.next_nonce: int | None = None
+        # Nonces taken by gap-filling transfers, until mined.
+        self.fillers: set[int] = set()
         self.send_attempts: dict[int, int] = {}
         self._wake = asyncio.Event()
         self.state = "starting"
@@ -148,7 +150,8 @@ class TxWriter:
         self._wake.set()
 
     def problem(self) -> str | None:
-        """Why the writer cannot make progress (two steps in a row failed), else None."""
+        """Why the writer cannot make progress (two steps in a row failed on something
+        other than an outage), else None."""
         if self.failures < 2:
             return None
         return f"writer failing ({self.failures} steps in a row): {self.last_error}"
@@ -165,9 +168,11 @@ class TxWriter:
                 self.last_error = None
                 backoff = self.poll_seconds
             except ServiceUnavailable as exc:
+                # Waiting on something /readyz already shows (the node, the database) or
+                # that answers 503 itself (an unfunded signer): not a stuck writer.
                 self.state = "waiting for " + exc.detail
                 logger.warning("writer paused: %s", exc.detail)
-                self._failed(exc.detail)
+                self.next_nonce = None
                 backoff = min(backoff * 2, 30.0)
             except asyncio.CancelledError:
                 raise
@@ -194,6 +199,7 @@ class TxWriter:
         if self.next_nonce is None:
             await self._recover()
         in_flight = await self._settle_in_flight()
+        await self._check_nonces()
         sent = 0
         while in_flight + sent < self.max_in_flight:
             registration = await self._next_unsent()
@@ -235,6 +241,58 @@ class TxWriter:
             w3.eth.get_transaction_count(self.signer.address, "pending")
         )
         logger.info("writer nonce %d for %s", self.next_nonce, self.signer.address)
+
+    async def _check_nonces(self) -> None:
+        """Compare nonces with the node's count: resynchronise the next nonce, and fill
+        any nonce missing below transactions in flight.
+
+        A reorg or a reconcile can hand a registration back to be signed anew while
+        later nonces are still in the pool: the node then keeps those queued forever
+        behind the gap. A zero-value transfer to ourselves takes the missing nonce."""
+        mined = await self.client.call(
+            self.client.w3.eth.get_transaction_count(self.signer.address, "latest")
+        )
+        held = {
+            registration.nonce
+            for registration in await self._in_flight()
+            if registration.nonce is not None and registration.nonce >= mined
+        }
+        self.fillers = {nonce for nonce in self.fillers if nonce >= mined}
+        top = max(held | self.fillers, default=mined - 1) + 1
+        if self.next_nonce is not None and self.next_nonce > top:
+            # Only go back to a nonce the node's pool does not hold either.
+            pending = await self.client.call(
+                self.client.w3.eth.get_transaction_count(self.signer.address, "pending")
+            )
+            top = max(top, pending)
+        if self.next_nonce is not None and self.next_nonce != top:
+            logger.warning(
+                "writer nonce %d, but the node and SQL hold %d: resynchronised",
+                self.next_nonce,
+                top,
+            )
+            self.next_nonce = top
+        for nonce in range(mined, top):
+            if nonce not in held and nonce not in self.fillers:
+                await self._fill(nonce)
+
+    async def _fill(self, nonce: int) -> None:
+        logger.warning("nonce %d is missing under transactions in flight: filling it", nonce)
+        signed = self.signer.sign_legacy(
+            nonce=nonce,
+            gas=21_000,
+            gas_price=await current_gas_price(self.client, self.policy),
+            to=self.signer.address,
+            data="0x",
+            chain_id=self.policy.chain_id,
+        )
+        try:
+            await self._broadcast(signed.raw)
+        except ChainRejected as exc:
+            # Taken meanwhile ("nonce too low"): the next check sees the new count.
+            logger.warning("filling nonce %d refused: %s", nonce, exc)
+            return
+        self.fillers.add(nonce)
 
     # -- settling -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
-from app.chain.indexer import apply_records
+from app.chain.indexer import apply_records, skipped_chain_names
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import session_scope
 from app.models import PENDING, NameRecord, Registration
@@ -147,6 +147,12 @@ async def export_names(
             on_record()
     out.write("\n]\n" if count else "]\n")
     return count
+
+
+async def skipped_records(sessionmaker: async_sessionmaker[AsyncSession]) -> list[tuple[str, str]]:
+    """(name, why) of each chain record the mirror does not serve, so not exported."""
+    async with session_scope(sessionmaker) as session:
+        return await skipped_chain_names(session)
 
 
 def _key_field(record: dict[str, Any], key: str, where: str) -> str:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import unicodedata
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
 from app.admission import Admission
-from app.chain.registrar import ChainRecord, Registrar
+from app.chain.registrar import ZERO_ADDRESS, ChainRecord, Registrar, servable
 from app.db import session_scope
 from app.errors import (
     AddressHasName,
@@ -39,6 +38,7 @@ from app.errors import (
     NameTaken,
     ProofRejected,
     RegistrationNotFound,
+    RegistrationPending,
     RegistrationsDisabled,
     ServiceUnavailable,
 )
@@ -73,6 +73,23 @@ class NameView:
     signature: str | None
     pending: bool
     folded_name: str
+    # The cache generation the record was read at; None when it must not be cached.
+    cache_token: int | None = None
+
+    @property
+    def held_without_address(self) -> bool:
+        """Owned on chain with a zero address: taken (reserveFor refuses it), yet bound
+        to no Jami ID."""
+        return self.addr == ZERO_ADDRESS
+
+
+@dataclass(frozen=True)
+class AddrView:
+    """A reverse answer: the name whose forward lookup gives the address."""
+
+    name: str
+    jami_id: str
+    cache_token: int | None
 
 
 @dataclass(frozen=True)
@@ -84,36 +101,7 @@ class RegistrationView:
     reason: str | None
 
 
-class NegativeCache:
-    """Keys recently found absent on chain, forgotten after `ttl` seconds."""
-
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        expiry = self._expiry.get(key)
-        if expiry is None:
-            return False
-        if expiry < time.monotonic():
-            del self._expiry[key]
-            return False
-        return True
-
-    def add(self, key: str) -> None:
-        if self.ttl <= 0:
-            return
-        self._expiry[key] = time.monotonic() + self.ttl
-        self._expiry.move_to_end(key)
-        while len(self._expiry) > self.max_entries:
-            self._expiry.popitem(last=False)
-
-    def discard(self, key: str) -> None:
-        self._expiry.pop(key, None)
-
-
-def _view(record: NameRecord) -> NameView:
+def _view(record: NameRecord, cache_token: int | None) -> NameView:
     return NameView(
         name=record.name,
         addr=record.addr,
@@ -122,6 +110,8 @@ def _view(record: NameRecord) -> NameView:
         signature=record.signature or None,
         pending=record.pending,
         folded_name=record.folded_name,
+        # A pending record is never kept as final.
+        cache_token=None if record.pending else cache_token,
     )
 
 
@@ -152,18 +142,20 @@ class NameService:
         lookup_cache_seconds: float = 0,
         admission: Admission | None = None,
         owner_address: str | None = None,
+        serve_pending: bool = False,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Whether lookups answer names whose registration is still pending: safe only
+        # when no one but this server writes the registrar (see the README).
+        self.serve_pending = serve_pending
         # Who owns the records this server writes on chain: its signer (40 hex). Nothing
         # proves the body's `owner`, and the owner may disown, transfer or re-point a name.
         self.owner_address = (owner_address or "").lower().removeprefix("0x") or None
         self.admission = admission
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
-        self.missing_names = NegativeCache(negative_cache_seconds)
-        self.missing_addrs = NegativeCache(negative_cache_seconds)
         # Answer bodies of recent hits, served by app.api.hot_path without a database trip.
-        self.hot = HotCache(lookup_cache_seconds)
+        self.hot = HotCache(lookup_cache_seconds, negative_ttl=negative_cache_seconds)
         # One lock per (folded name, Jami ID) being registered: identical copies queue.
         self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self._registering_users: Counter[tuple[str, str]] = Counter()
@@ -189,62 +181,88 @@ class NameService:
     def records_changed(self, folded_names: Iterable[str]) -> None:
         """These names changed (on chain, or settled by the writer): drop what any cache
         says of them."""
-        folded_names = list(folded_names)
-        for folded in folded_names:
-            self.missing_names.discard(folded)
-        self.hot.forget_names(folded_names)
+        self.hot.forget_names(list(folded_names))
 
     # -- lookups ------------------------------------------------------------------------
 
     async def lookup_name(self, name: str) -> NameView:
-        """The record of `name` (any case); NameNotRegistered, InvalidName or a 503."""
+        """The record of `name` (any case); NameNotRegistered, InvalidName or a 503
+        (RegistrationPending while a registration waits on a registrar others write)."""
         try:
             folded = names.check_lookup_name(name)
         except names.InvalidName as exc:
             logger.debug("invalid name: %s", exc)
             raise InvalidName() from exc
+        since = self.hot.generation
         async with session_scope(self.sessionmaker) as session:
             record = await session.scalar(
                 select(NameRecord).where(NameRecord.folded_name == folded)
             )
         if record is not None:
             self.cache_counts["name", "hit"] += 1
-            return _view(record)
-        if folded in self.missing_names:
+            return self._answerable(_view(record, since))
+        if folded in self.hot.missing_names:
             self.cache_counts["name", "negative_hit"] += 1
             raise NameNotRegistered()
         self.cache_counts["name", "miss"] += 1
         found = await self._find_on_chain(name, folded)
         if found is None:
-            self.missing_names.add(folded)
+            self.hot.add_missing_name(folded, since)
             raise NameNotRegistered()
-        return _view(await self._fill(found))
+        return self._answerable(_view(await self._fill(found), since))
 
-    async def lookup_addr(self, addr: str) -> str:
-        """The name bound to the Jami ID `addr`; AddressNotRegistered, InvalidAddress, 503."""
+    def _answerable(self, view: NameView) -> NameView:
+        if view.pending and not self.serve_pending:
+            # Another account may still bind this name first in the same block: a 200
+            # now could be contradicted, and clients keep every 200 forever.
+            raise RegistrationPending()
+        return view
+
+    async def lookup_addr(self, addr: str) -> AddrView:
+        """The name bound to the Jami ID `addr`, only when looking that name up through
+        this server gives `addr` back (the ENS rule: a reverse record alone proves
+        nothing, anyone can point one anywhere); AddressNotRegistered, InvalidAddress,
+        503."""
         try:
             jami_id = names.normalize_jami_id(addr)
         except names.InvalidAddress as exc:
             raise InvalidAddress() from exc
+        if jami_id == ZERO_ADDRESS:
+            raise AddressNotRegistered()  # what a name held without an address has
+        since = self.hot.generation
         async with session_scope(self.sessionmaker) as session:
-            found_name = await session.scalar(
-                select(NameRecord.name).where(NameRecord.addr == jami_id).limit(1)
+            candidates = list(
+                await session.scalars(
+                    select(NameRecord.name).where(NameRecord.addr == jami_id).limit(4)
+                )
             )
-        if found_name is not None:
-            self.cache_counts["addr", "hit"] += 1
-            return found_name
-        if jami_id in self.missing_addrs:
+        for candidate in candidates:
+            confirmed = await self._forward_gives(candidate, jami_id, since)
+            if confirmed is not None:
+                self.cache_counts["addr", "hit"] += 1
+                return confirmed
+        if jami_id in self.hot.missing_addrs:
             self.cache_counts["addr", "negative_hit"] += 1
             raise AddressNotRegistered()
         self.cache_counts["addr", "miss"] += 1
         registrar = self._registrar()
         chain_name = (await registrar.view([], jami_id=jami_id)).reverse_name
-        record = (await registrar.records_at([chain_name]))[0] if chain_name else None
-        if record is None or record.addr != jami_id:
-            self.missing_addrs.add(jami_id)
-            raise AddressNotRegistered()
-        await self._fill(record)
-        return record.name
+        if chain_name is not None and chain_name not in candidates:
+            confirmed = await self._forward_gives(chain_name, jami_id, since)
+            if confirmed is not None:
+                return confirmed
+        self.hot.add_missing_addr(jami_id, since)
+        raise AddressNotRegistered()
+
+    async def _forward_gives(self, name: str, jami_id: str, since: int) -> AddrView | None:
+        """The reverse answer `name` when its forward lookup gives `jami_id`, else None."""
+        try:
+            forward = await self.lookup_name(name)
+        except (InvalidName, NameNotRegistered):
+            return None
+        if forward.addr != jami_id or forward.name != name:
+            return None
+        return AddrView(name, jami_id, since if forward.cache_token is not None else None)
 
     async def registration_status(self, name: str) -> RegistrationView:
         """What became of the latest registration of `name` accepted by this server."""
@@ -381,9 +399,8 @@ class NameService:
                 return
             raise NameTaken() from None
         logger.info("accepted %r for %s", name, jami_id)
-        self.missing_names.discard(folded)
-        self.missing_addrs.discard(jami_id)
         self.hot.forget_names([folded])
+        self.hot.forget_addrs([jami_id])
         for callback in self.on_accepted:
             callback()
 
@@ -454,12 +471,25 @@ class NameService:
         return self.registrar
 
     async def _find_on_chain(self, name: str, folded: str) -> ChainRecord | None:
+        """The chain's record for the lookup of `name`: the first candidate key that holds
+        a servable name with the same fold."""
         records = await self._registrar().records_at(_chain_candidates(name, folded))
-        return next((record for record in records if record is not None), None)
+        return next(
+            (
+                record
+                for record in records
+                if record is not None
+                and servable(record.name)
+                and names.fold(record.name) == folded
+            ),
+            None,
+        )
 
     async def _fill(self, found: ChainRecord) -> NameRecord:
         """Store a record read from the chain; returns what SQL holds for its name."""
         folded = names.fold(found.name)
+        if not servable(found.name):
+            raise NameNotRegistered()  # never stored, never served (the indexer reports it)
         try:
             async with session_scope(self.sessionmaker) as session, session.begin():
                 existing = await session.scalar(
