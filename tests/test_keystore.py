@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -105,7 +106,11 @@ def test_readme_funding_step_funds_the_keystore_on_your_node(
         # 100 ether at 1 gwei, as in the README (a legacy gas price: the chain is pre-London).
         sent = {"from": funder, "to": address, "value": "0x56BC75E2D63100000"}
         tx = rpc(node.url, "eth_sendTransaction", [{**sent, "gasPrice": "0x3b9aca00"}])
-        assert tx
+        # Mined a moment later (anvil mines in the background, geth within a block).
+        deadline = time.monotonic() + 30
+        while rpc(node.url, "eth_getTransactionReceipt", [tx]) is None:
+            assert time.monotonic() < deadline, "the funding transaction was never mined"
+            time.sleep(0.1)
         assert int(rpc(node.url, "eth_getBalance", [address, "latest"]), 16) == 100 * 10**18
 
 
