@@ -12,6 +12,8 @@ from pathlib import Path
 import precis_i18n
 import pytest
 import unicodedata2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.names import (
     MAX_BYTES,
@@ -598,3 +600,9 @@ def test_check_registration_name_refuses_by_precis(name: str) -> None:
     with pytest.raises(InvalidName, match="PRECIS"):
         check_registration_name(name)
     assert check_lookup_name(name) == fold(name)
+
+
+@given(st.text(max_size=40))
+def test_name_skeleton_is_total(text: str) -> None:
+    """Every string has a key, names read from the chain included (the indexer stores it)."""
+    assert isinstance(name_skeleton(text), str)
