@@ -15,7 +15,7 @@ from web3 import AsyncWeb3
 
 from app.chain.client import ChainClient, ChainRejected
 from app.errors import ChainUnavailable
-from app.names import InvalidName, check_registration_name, from_bytes32, to_bytes32
+from app.names import InvalidName, check_lookup_name, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
 # Topic 0 of the event reserveFor emits when it binds a name to an address.
@@ -208,12 +208,14 @@ class Registrar:
 
 
 def servable(name: str) -> bool:
-    """Whether a name found on chain may be served: one this server would register.
+    """Whether a name found on chain may be served: one a lookup could ask for.
 
     Anyone can write any 32 bytes on the contract (`rawname2 ` with a trailing space,
-    `a b`, `x/owner`, `PGNAME1` beside a registered `pgname1`): those are not names."""
+    `a b`, `x/owner`): those are not names. The lookup rules, not the registration
+    rules: a name registered before today's policy (`Alice`, a look-alike) keeps
+    resolving, as the README promises; fold collisions are the caller's to settle."""
     try:
-        check_registration_name(name)
+        check_lookup_name(name)
     except InvalidName:
         return False
     return True
