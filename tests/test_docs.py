@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app import errors
 from app.main import create_app
 from app.settings import Settings
 
@@ -92,3 +94,81 @@ def test_protocol_document_links_resolve() -> None:
         assert (PROTOCOL.parent / path).resolve().is_file(), path
         if anchor and path.endswith("README.md"):
             assert anchor in readme_anchors, anchor
+
+
+def _error_classes() -> dict[str, type[errors.JaminsError]]:
+    found: dict[str, type[errors.JaminsError]] = {}
+    pending: list[type[errors.JaminsError]] = [errors.JaminsError]
+    while pending:
+        cls = pending.pop()
+        found[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def answered_error_texts() -> dict[str, str]:
+    """The fixed error texts a client can receive, read from the code: an error of
+    app/errors.py made without a detail answers its class's message; one made with a
+    string literal answers that literal. Details built at run time (f-strings, a node's
+    own wording) and the CLI are left out. Returns text -> where it is made."""
+    classes = _error_classes()
+    texts: dict[str, str] = {}
+    for path in sorted((REPO / "app").rglob("*.py")):
+        if path.name in ("cli.py", "cli_data.py"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "app.errors"
+            for alias in node.names
+            if alias.name in classes
+        }
+        where = str(path.relative_to(REPO))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if not (isinstance(func, ast.Name) and func.id in imported):
+                continue
+            args = node.args
+            if not args:
+                texts[classes[func.id].message] = f"{where}:{node.lineno}"
+            elif isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                texts[args[0].value] = f"{where}:{node.lineno}"
+        # Bodies written by hand (middlewares answering before any route runs).
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "error"
+                        and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)
+                    ):
+                        texts[value.value] = f"{where}:{node.lineno}"
+    return texts
+
+
+def test_answered_error_texts_are_found_in_the_code() -> None:
+    # Guards the test below against reading nothing: a few texts every server answers.
+    texts = answered_error_texts()
+    for text in ("name not registered", "invalid name", "registration pending on chain"):
+        assert text in texts
+
+
+def test_protocol_document_names_every_error_text_the_server_answers() -> None:
+    # A client author reads the error bodies in docs/PROTOCOL.md; a text the code answers
+    # but the document never mentions means a case the document forgot.
+    document = " ".join(PROTOCOL.read_text(encoding="utf-8").split())
+    missing = {
+        text: where for text, where in answered_error_texts().items() if f'"{text}"' not in document
+    }
+    assert missing == {}
+
+
+def test_protocol_document_names_only_real_settings() -> None:
+    text = PROTOCOL.read_text(encoding="utf-8")
+    known = {f"JAMINS_{field.upper()}" for field in Settings.model_fields}
+    named = set(re.findall(r"JAMINS_[A-Z0-9_]+", text))
+    assert named - known == set()
