@@ -40,6 +40,7 @@ def _selector(signature: str) -> bytes:
 SELECTORS = {
     _selector("reserveFor(bytes32,address,address,string,string)"): "reserveFor",
     _selector("disown(bytes32)"): "disown",
+    _selector("setAddress(bytes32,address,bool)"): "setAddress",
     _selector("addr(bytes32)"): "addr",
     _selector("owner(bytes32)"): "owner",
     _selector("publickey(bytes32)"): "publickey",
@@ -115,6 +116,19 @@ class FakeNode:
                         del self.reverse[record.addr]
                     del self.records[name]
                     logs = [self._log(CHANGED, name)]
+            elif function == "setAddress":
+                name, addr, primary = abi_decode(["bytes32", "address", "bool"], tx.data[4:])
+                record = self.records.get(name)
+                if record is None or record.owner != tx.sender[2:].lower() or record.owner == ZERO:
+                    status = 0
+                elif (
+                    primary
+                    and addr[2:].lower() != ZERO
+                    and self.reverse.get(addr[2:].lower(), name) != name
+                ):
+                    status = 0  # require: "address has another name"
+                else:
+                    logs = self._set_address(name, record, addr[2:].lower(), primary)
         for position, log in enumerate(logs):
             log.update(
                 blockNumber=hex(block),
@@ -160,6 +174,21 @@ class FakeNode:
             )
         return [*logs, self._log(CHANGED, name)]
 
+    def _set_address(
+        self, name: bytes, record: Record, addr: str, primary: bool
+    ) -> list[dict[str, Any]]:
+        if record.addr != ZERO and self.reverse.get(record.addr) == name:
+            del self.reverse[record.addr]
+        record.addr = addr
+        logs = []
+        if primary and addr != ZERO:
+            self.reverse[addr] = name
+            logs.append(
+                self._log(PRIMARY_CHANGED, name, "0x" + "0" * 24 + addr)
+                | {"data": "0x" + "0" * 24 + record.owner}
+            )
+        return [*logs, self._log(CHANGED, name)]
+
     def mine(self) -> None:
         """One block with every pooled transaction that is next in its sender's order."""
         self.head += 1
@@ -178,12 +207,30 @@ class FakeNode:
                 if tx.nonce < self.nonces.get(tx.sender, 0):
                     del self.pool[tx_hash]  # replaced by another transaction's nonce
 
-    def direct_reserve_for(self, sender: str, name: str, owner: str, addr: str) -> None:
+    def direct_reserve_for(
+        self,
+        sender: str,
+        name: str,
+        owner: str,
+        addr: str,
+        publickey: str = "",
+        signature: str = "",
+    ) -> None:
         """Another account's reserveFor, pooled (mined with the next block)."""
         data = _selector("reserveFor(bytes32,address,address,string,string)") + abi_encode(
             ["bytes32", "address", "address", "string", "string"],
-            [name.encode().ljust(32, b"\0"), "0x" + owner, "0x" + addr, "", ""],
+            [name.encode().ljust(32, b"\0"), "0x" + owner, "0x" + addr, publickey, signature],
         )
+        self._pool_direct(sender, data)
+
+    def direct_set_address(self, sender: str, name: str, addr: str, primary: bool) -> None:
+        """The name's owner calls setAddress directly, pooled (mined with the next block)."""
+        data = _selector("setAddress(bytes32,address,bool)") + abi_encode(
+            ["bytes32", "address", "bool"], [name.encode().ljust(32, b"\0"), "0x" + addr, primary]
+        )
+        self._pool_direct(sender, data)
+
+    def _pool_direct(self, sender: str, data: bytes) -> None:
         sender = sender.lower()
         nonce = self.nonces.get(sender, 0) + sum(
             1 for tx in self.pool.values() if tx.sender == sender

@@ -18,6 +18,7 @@ from app.chain.signer import Signer
 from app.chain.writer import GasPolicy, TxWriter
 from app.db import make_async_engine, make_sessionmaker, migrate
 from app.errors import (
+    AddressHasName,
     AddressNotRegistered,
     NameNotRegistered,
     NameTaken,
@@ -245,5 +246,86 @@ def test_name_held_without_address_is_taken_for_lookups_and_registrations(
             await service.register("heldname", request)
         with pytest.raises(AddressNotRegistered):
             await service.lookup_addr("0" * 40)
+
+    run_with_service(tmp_path, FakeNode(), scenario)
+
+
+def test_reverse_lookup_ignores_names_pointed_at_an_address_without_its_proof(
+    tmp_path: Path,
+) -> None:
+    """Any name's owner may call setAddress(name, victim, primary=false): the record says
+    `evil -> victim` while the chain's reverse entry of the victim stays empty. Before,
+    `/addr/victim` answered one of those names (which one could change between requests:
+    the SQL candidates had no order) and the victim's own registration got 403 "address
+    already has a name". The attacker even copies the victim's key and a signature of
+    the victim's (public) over another name: neither proves `evil` for that ID."""
+    (victim,) = quick_accounts(1, offset=507)
+    spoofs = ["evil1", "evil2", "evil3", "evil4", "evil5"]  # more than the candidates read
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        for spoof in spoofs:
+            node.direct_reserve_for(
+                ATTACKER, spoof, ATTACKER[2:], "0" * 40, victim.publickey_b64, victim.sign("mine")
+            )
+            node.direct_set_address(ATTACKER, spoof, victim.jami_id, primary=False)
+        node.mine()
+        assert node.reverse.get(victim.jami_id) is None  # the chain names no one
+        for spoof in spoofs:
+            # The forward records are what the chain says; the lookups mirror them in SQL.
+            assert (await service.lookup_name(spoof)).addr == victim.jami_id
+        for _ in range(3):
+            with pytest.raises(AddressNotRegistered):
+                await service.lookup_addr(victim.jami_id)
+
+        request = RegistrationRequest.model_validate(victim.registration_body("mine"))
+        await service.register("mine", request)  # the chain accepts it: so do we
+        # Pending here, with a verified proof: answered (only this server writes).
+        for _ in range(3):
+            assert (await service.lookup_addr(victim.jami_id)).name == "mine"
+        await _writer(service).step()
+        node.mine()
+        await _writer(service).step()
+        assert node.reverse[victim.jami_id].rstrip(b"\0") == b"mine"
+        for _ in range(3):
+            assert (await service.lookup_addr(victim.jami_id)).name == "mine"
+        await service.register("mine", request)  # a retry of it still answers 200
+
+    run_with_service(tmp_path, FakeNode(automine=False), scenario, serve_pending=True)
+
+
+def test_reverse_lookup_answers_a_chain_name_without_key_material(tmp_path: Path) -> None:
+    """A name written directly with no key and no signature, bound by the chain's own
+    reverse entry: SQL proves nothing, the chain's reverse record (forward-checked) does."""
+    (account,) = quick_accounts(1, offset=508)
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        node.direct_reserve_for(ATTACKER, "keyless", ATTACKER[2:], account.jami_id)
+        node.mine()
+        assert (await service.lookup_name("keyless")).addr == account.jami_id  # now in SQL
+        assert (await service.lookup_addr(account.jami_id)).name == "keyless"
+        request = RegistrationRequest.model_validate(account.registration_body("other"))
+        with pytest.raises(AddressHasName):
+            await service.register("other", request)  # the chain would refuse it
+
+    run_with_service(tmp_path, FakeNode(), scenario)
+
+
+@pytest.mark.parametrize("reverse_name", ["a b", "x/owner", "rawname2 "])
+def test_register_for_an_address_the_chain_names_oddly_is_403_not_404(
+    tmp_path: Path, reverse_name: str
+) -> None:
+    """The chain's reverse entry of the ID names a record no lookup could ask for. Before,
+    storing that record raised "not registered" and the registration answered 404, which
+    a Jami client reads as "free"; the chain refuses the registration: 403."""
+    (account,) = quick_accounts(1, offset=509)
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        node.direct_reserve_for(ATTACKER, reverse_name, ATTACKER[2:], account.jami_id)
+        node.mine()
+        request = RegistrationRequest.model_validate(account.registration_body("mine"))
+        with pytest.raises(AddressHasName):
+            await service.register("mine", request)
+        with pytest.raises(AddressNotRegistered):
+            await service.lookup_addr(account.jami_id)
 
     run_with_service(tmp_path, FakeNode(), scenario)

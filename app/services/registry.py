@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
@@ -129,6 +129,43 @@ def _chain_candidates(name: str, folded: str) -> list[str]:
     return candidates
 
 
+# Rows pointing at one ID read per reverse lookup: each costs a signature check, and
+# anyone can add rows. Pending rows (accepted here) come first so none crowds them out;
+# any other proven binding is also the chain's reverse entry, read after these.
+REVERSE_CANDIDATES = 4
+
+
+def _records_pointing_at(jami_id: str) -> Select[NameRecord]:
+    """SQL rows whose address is `jami_id`, in a fixed order (answers must not flip)."""
+    return (
+        select(NameRecord)
+        .where(NameRecord.addr == jami_id)
+        .order_by(NameRecord.pending.desc(), NameRecord.name)
+        .limit(REVERSE_CANDIDATES)
+    )
+
+
+def _proves_binding(record: NameRecord, jami_id: str) -> bool:
+    """Whether a SQL row may speak for the ID it points at: accepted here (its proof was
+    verified then), or its stored key is that ID's and signs that very name. A record's
+    address alone proves nothing: a name's owner may set it to any ID (setAddress with
+    primary=false) without the ID's reverse entry, and cannot sign for that ID's key."""
+    if record.pending:
+        return True
+    if not record.publickey or not record.signature:
+        return False
+    try:
+        proofs.verify_registration(
+            name=record.name,
+            jami_id=jami_id,
+            publickey_b64=record.publickey,
+            signature_b64=record.signature,
+        )
+    except (proofs.MalformedProof, proofs.ProofMismatch):
+        return False
+    return True
+
+
 class NameService:
     """Lookups and registrations over the SQL cache and the registrar."""
 
@@ -231,11 +268,11 @@ class NameService:
             raise AddressNotRegistered()  # what a name held without an address has
         since = self.hot.generation
         async with session_scope(self.sessionmaker) as session:
-            candidates = list(
-                await session.scalars(
-                    select(NameRecord.name).where(NameRecord.addr == jami_id).limit(4)
-                )
-            )
+            candidates = [
+                record.name
+                for record in await session.scalars(_records_pointing_at(jami_id))
+                if _proves_binding(record, jami_id)
+            ]
         for candidate in candidates:
             confirmed = await self._forward_gives(candidate, jami_id, since)
             if confirmed is not None:
@@ -428,8 +465,16 @@ class NameService:
                 if claim.addr == jami_id:
                     return True
                 raise NameTaken()
-            by_addr = await session.scalar(
-                select(NameRecord.name).where(NameRecord.addr == jami_id).limit(1)
+            # Only a record that proves the binding says "this ID has a name": anyone can
+            # point a name of theirs at any ID (setAddress, not primary) without a reverse
+            # entry, and the chain would still accept this registration.
+            by_addr = next(
+                (
+                    record.name
+                    for record in await session.scalars(_records_pointing_at(jami_id))
+                    if _proves_binding(record, jami_id)
+                ),
+                None,
             )
             if by_addr is None:
                 by_addr = await session.scalar(
@@ -447,8 +492,12 @@ class NameService:
         candidates = _chain_candidates(name, folded)
         view = await self._registrar().view(candidates, jami_id=jami_id)
         found = next((record for record in view.records if record is not None), None)
+        # Records no lookup could ask for are not stored (`_fill` refuses them), but they
+        # still decide the answer: the chain refuses the registration, so never a 404
+        # ("free" to a Jami client) where the chain says taken.
         if found is not None:
-            await self._fill(found)
+            if servable(found.name):
+                await self._fill(found)
             if found.addr == jami_id:
                 return True
             raise NameTaken()
@@ -456,7 +505,7 @@ class NameService:
             raise NameTaken()  # owned with no address: reserveFor would refuse it
         if view.reverse_name is not None:
             record = (await self._registrar().records_at([view.reverse_name]))[0]
-            if record is not None and record.addr == jami_id:
+            if record is not None and record.addr == jami_id and servable(record.name):
                 await self._fill(record)
                 if names.fold(record.name) == folded:
                     return True  # bound meanwhile, to this very name
