@@ -16,8 +16,8 @@ test: install postgres-binaries geth test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
-	$(BIN)/ruff check app migrations contracts tests
-	$(BIN)/ruff format --check app migrations contracts tests
+	$(BIN)/ruff check app migrations contracts tests tools bench
+	$(BIN)/ruff format --check app migrations contracts tests tools bench
 	$(BIN)/mypy app
 
 install: $(PY_STAMP) $(NODE_STAMP)

@@ -58,9 +58,7 @@ class Admission:
         """Spend one of `client`'s tokens, or raise RegistrationsThrottled."""
         if self.rate_per_second <= 0:
             return
-        # A client address is at most 45 characters (IPv6); anything longer came from a
-        # forwarded header and must not make a bucket key of any size.
-        client = client[:64]
+        client = _bucket_key(client)
         now = self.clock()
         bucket = self._buckets.get(client)
         if bucket is None:
@@ -83,6 +81,12 @@ class Admission:
     def give_back(self, client: str) -> None:
         """Return a token taken for a registration that turned out to be a copy of one
         already accepted (it joins no queue)."""
-        bucket = self._buckets.get(client)
+        bucket = self._buckets.get(_bucket_key(client))
         if bucket is not None:
             bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+
+
+def _bucket_key(client: str) -> str:
+    """A client address is at most 45 characters (IPv6); anything longer came from a
+    forwarded header and must not make a bucket key of any size."""
+    return client[:64]

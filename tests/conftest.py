@@ -29,9 +29,9 @@ from tests.server import ServerProcess
 # The suite sets every setting it needs itself: an operator's .env (in the repository, where
 # the compose steps put it) and the JAMINS_* variables of their shell never reach it, in
 # this process or in the jamins processes it starts (they inherit JAMINS_ENV_FILE).
-# JAMINS_ANVIL_PATH only says where the tool is.
+# JAMINS_ANVIL_PATH and JAMINS_GETH_PATH only say where the tools are.
 for _key in [key for key in os.environ if key.startswith("JAMINS_")]:
-    if _key != "JAMINS_ANVIL_PATH":
+    if _key not in ("JAMINS_ANVIL_PATH", "JAMINS_GETH_PATH"):
         del os.environ[_key]
 os.environ["JAMINS_ENV_FILE"] = ""
 Settings.model_config["env_file"] = None

@@ -259,6 +259,8 @@ def test_env_example_documents_every_setting() -> None:
     example = (REPO / ".env.example").read_text()
     for field in Settings.model_fields:
         assert f"JAMINS_{field.upper()}=" in example, field
+    assigned = re.findall(r"^#?([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    assert sorted(name for name in set(assigned) if assigned.count(name) > 1) == []
     compose_text = COMPOSE_FILE.read_text()
     for variable in set(re.findall(r"\$\{([A-Z_]+)", compose_text)):
         assert f"{variable}=" in example, variable

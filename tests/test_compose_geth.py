@@ -216,17 +216,27 @@ def private_project(tmp_path: Path) -> Iterator[tuple[Project, dict[str, Any]]]:
 
 
 def test_compose_refuses_private_geth_without_its_settings(
-    private_project: tuple[Project, dict[str, Any]],
+    geth_binary: str, private_project: tuple[Project, dict[str, Any]]
 ) -> None:
     """An empty value made geth exit obscurely (`--miner.etherbase=`, `--networkid=`):
-    compose must refuse first, naming the setting."""
+    the private geth must refuse first, naming the setting."""
     project, _ = private_project
-    del project.env["SEALER_ADDRESS"]
-    with pytest.raises(ComposeError, match="SEALER_ADDRESS"):
-        project.argv("geth-private", "geth")
-    project.env["SEALER_ADDRESS"] = ""
-    with pytest.raises(ComposeError, match="SEALER_ADDRESS"):
-        project.argv("geth-private", "geth")
+    for missing in (None, ""):
+        if missing is None:
+            del project.env["SEALER_ADDRESS"]
+        else:
+            project.env["SEALER_ADDRESS"] = missing
+        refused = project.run("geth-private", geth_binary)
+        assert refused.returncode != 0
+        assert "SEALER_ADDRESS" in refused.stderr
+        assert not list((project.root / "volumes").glob("geth-private/geth/chaindata"))
+
+
+def test_compose_file_substitutes_for_the_jami_profile_without_private_settings() -> None:
+    """compose substitutes the whole file before it picks the profile's services: a value
+    only the private profile needs must not be required (`:?`) of a jami-profile .env."""
+    jami_env = {"COMPOSE_PROFILES": "jami", "POSTGRES_PASSWORD": "x", "JAMINS_HOSTNAME": "a.b"}
+    interpolate((REPO_ROOT / "docker-compose.yml").read_text(), jami_env)
 
 
 def test_compose_private_profile_seals_and_the_name_server_registers(
