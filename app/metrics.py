@@ -141,7 +141,7 @@ class LiveCollector(Collector):
             labels=["state"],
         )
         writer = current_writer(self.app)
-        writer_state.add_metric([str(getattr(writer, "state", "none"))], 1)
+        writer_state.add_metric([writer_state_label(writer)], 1)
         yield writer_state
 
         indexer = current_indexer(self.app)
@@ -155,6 +155,20 @@ class LiveCollector(Collector):
             block = GaugeMetricFamily("jamins_indexer_block", "The last block indexed.")
             block.add_metric([], indexed)
             yield block
+
+
+WRITER_STATES = ("starting", "running", "waiting", "failing")
+
+
+def writer_state_label(writer: Any | None) -> str:
+    """The writer's state as one of a fixed set of label values: its "waiting for ..."
+    carries node error text, which would make a new time series per message."""
+    if writer is None:
+        return "none"
+    state = str(getattr(writer, "state", ""))
+    if state.startswith("waiting"):
+        return "waiting"
+    return state if state in WRITER_STATES else "other"
 
 
 def current_writer(app: FastAPI) -> Any | None:

@@ -41,8 +41,8 @@ __all__ = [
     "MAX_CHARS",
     "MIN_CHARS",
     "UNICODE_VERSION",
-    "InvalidAddress",
-    "InvalidName",
+    "BadAddress",
+    "BadName",
     "check_lookup_name",
     "check_registration_name",
     "decode_path_segment",
@@ -64,11 +64,11 @@ MAX_BYTES = 32
 ZERO_OWNER = "0" * 40
 
 
-class InvalidName(ValueError):
+class BadName(ValueError):
     """The name breaks the name policy; the message says why, for logs and tests."""
 
 
-class InvalidAddress(ValueError):
+class BadAddress(ValueError):
     """A Jami ID or owner address that is not 40 hex digits (with its allowed prefixes)."""
 
 
@@ -192,13 +192,13 @@ def decode_path_segment(raw: bytes | str) -> str:
     """Percent-decode a raw URL path segment as strict UTF-8 and return the text.
 
     `+` stays a `+` (it means a space only in query strings). A `%` not followed by two hex
-    digits, invalid UTF-8, or a lone surrogate in `raw` raises InvalidName.
+    digits, invalid UTF-8, or a lone surrogate in `raw` raises BadName.
     """
     if isinstance(raw, str):
         try:
             raw = raw.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise InvalidName("not encodable as UTF-8") from exc
+            raise BadName("not encodable as UTF-8") from exc
     decoded = bytearray()
     index = 0
     while index < len(raw):
@@ -206,7 +206,7 @@ def decode_path_segment(raw: bytes | str) -> str:
         if byte == 0x25:  # '%'
             escape = raw[index + 1 : index + 3]
             if len(escape) != 2 or not all(chr(b) in _HEX_DIGITS for b in escape):
-                raise InvalidName("malformed percent-escape")
+                raise BadName("malformed percent-escape")
             decoded.append(int(escape, 16))
             index += 3
         else:
@@ -215,7 +215,7 @@ def decode_path_segment(raw: bytes | str) -> str:
     try:
         return decoded.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidName("not valid UTF-8") from exc
+        raise BadName("not valid UTF-8") from exc
 
 
 def fold(name: str) -> str:
@@ -229,7 +229,7 @@ def fold(name: str) -> str:
 def check_lookup_name(name: str) -> str:
     """Validate a name from a lookup (NFC-normalised first, ASCII uppercase allowed).
 
-    Returns the folded name; raises InvalidName.
+    Returns the folded name; raises BadName.
     """
     normalized = ucd.normalize("NFC", name)
     _check_characters(normalized)
@@ -240,12 +240,12 @@ def check_registration_name(name: str) -> str:
     """Validate a name from a registration, which is signed and stored exactly as given.
 
     It must already be NFC and hold no ASCII uppercase, and pass the look-alike rules.
-    Returns the folded name; raises InvalidName.
+    Returns the folded name; raises BadName.
     """
     if ucd.normalize("NFC", name) != name:
-        raise InvalidName("not in NFC form")
+        raise BadName("not in NFC form")
     if any(ch in _ASCII_UPPERCASE for ch in name):
-        raise InvalidName("ASCII uppercase in a registered name")
+        raise BadName("ASCII uppercase in a registered name")
     _check_characters(name)
     _check_precis(name)
     _check_lookalikes(name)
@@ -255,17 +255,17 @@ def check_registration_name(name: str) -> str:
 def _check_characters(name: str) -> None:
     """The rules every name obeys, lookups included: length, repertoire, one script."""
     if not MIN_CHARS <= len(name) <= MAX_CHARS:
-        raise InvalidName(f"must be {MIN_CHARS} to {MAX_CHARS} characters")
+        raise BadName(f"must be {MIN_CHARS} to {MAX_CHARS} characters")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidName("lone surrogate") from exc
+        raise BadName("lone surrogate") from exc
     if size > MAX_BYTES:
-        raise InvalidName(f"more than {MAX_BYTES} UTF-8 bytes")
+        raise BadName(f"more than {MAX_BYTES} UTF-8 bytes")
     if _ASCII_NAME_CHARS.issuperset(name):
         return  # the common case, and PRECIS-valid and of one script by construction
     if ucd.normalize("NFKC", name) != name:
-        raise InvalidName("compatibility character (not NFKC-stable)")
+        raise BadName("compatibility character (not NFKC-stable)")
 
     after_letter = False  # whether a combining mark may come next
     for ch in name:
@@ -273,22 +273,22 @@ def _check_characters(name: str) -> None:
             after_letter = ch.isalpha()
             continue
         if ch.isascii():
-            raise InvalidName(f"character {ch!r} not allowed")
+            raise BadName(f"character {ch!r} not allowed")
         if _is_default_ignorable(ch) or ch == _TATWEEL:
-            raise InvalidName(f"invisible character U+{ord(ch):04X}")
+            raise BadName(f"invisible character U+{ord(ch):04X}")
         category = ucd.category(ch)
         if category in ("Mn", "Mc"):
             if not after_letter:
-                raise InvalidName(f"combining mark U+{ord(ch):04X} not after a letter")
+                raise BadName(f"combining mark U+{ord(ch):04X} not after a letter")
             continue
         if category not in ("Lu", "Ll", "Lt", "Lm", "Lo"):
-            raise InvalidName(f"character U+{ord(ch):04X} ({category}) not allowed")
+            raise BadName(f"character U+{ord(ch):04X} ({category}) not allowed")
         char_name = ucd.name(ch, "")
         if char_name.startswith("MODIFIER LETTER"):
-            raise InvalidName(f"modifier letter U+{ord(ch):04X} not allowed")
+            raise BadName(f"modifier letter U+{ord(ch):04X} not allowed")
         if category in ("Lu", "Lt") and ch.lower() == ch:
             # Newer than this Python's case tables: fold() could not match its lowercase.
-            raise InvalidName(f"capital letter U+{ord(ch):04X} without case folding")
+            raise BadName(f"capital letter U+{ord(ch):04X} without case folding")
         after_letter = True
 
     if resolved_scripts(name, letters_only=True) == frozenset():
@@ -297,7 +297,7 @@ def _check_characters(name: str) -> None:
 
 def _refuse_mixed(name: str) -> None:
     scripts = sorted({s for ch in name for s in scripts_of(ch)} - _NO_SCRIPT)
-    raise InvalidName("mixes scripts: " + ", ".join(scripts))
+    raise BadName("mixes scripts: " + ", ".join(scripts))
 
 
 def _check_precis(name: str) -> None:
@@ -309,64 +309,64 @@ def _check_precis(name: str) -> None:
         enforced = _PRECIS.enforce(name)
     except UnicodeError as exc:
         reason = getattr(exc, "reason", str(exc))
-        raise InvalidName(f"refused by PRECIS (RFC 8265): {reason}") from exc
+        raise BadName(f"refused by PRECIS (RFC 8265): {reason}") from exc
     if enforced != name:
-        raise InvalidName("not in PRECIS normal form")
+        raise BadName("not in PRECIS normal form")
 
 
 def _check_lookalikes(name: str) -> None:
     """The rules only new registrations obey: nothing that imitates another name."""
     if all(ch in _SEPARATORS for ch in name):
-        raise InvalidName("only '-' and '_'")
+        raise BadName("only '-' and '_'")
     if name.startswith("-"):
-        raise InvalidName("starts with '-' (reads as a command-line option)")
+        raise BadName("starts with '-' (reads as a command-line option)")
     if name.endswith("-"):
-        raise InvalidName("ends with '-'")
+        raise BadName("ends with '-'")
     if any(a in _SEPARATORS and b in _SEPARATORS for a, b in itertools.pairwise(name)):
-        raise InvalidName("two '-' or '_' in a row")
+        raise BadName("two '-' or '_' in a row")
     if resolved_scripts(name) == frozenset():
         _refuse_mixed(name)  # a mark of another script (Greek perispomeni on Latin letters)
     decomposed = ucd.normalize("NFD", name)
     for ch in decomposed:
         if not scripts_of(ch) & _RECOMMENDED_SCRIPTS:
             scripts = ", ".join(sorted(scripts_of(ch)))
-            raise InvalidName(
+            raise BadName(
                 f"U+{ord(ch):04X} is of a script not recommended for identifiers ({scripts})"
             )
         if ucd.combining(ch) == _OVERLAY:
-            raise InvalidName(f"overlay mark U+{ord(ch):04X} (strikes through a letter)")
+            raise BadName(f"overlay mark U+{ord(ch):04X} (strikes through a letter)")
         if "SMALL CAPITAL" in ucd.name(ch, ""):
-            raise InvalidName(f"small capital U+{ord(ch):04X} (phonetic notation)")
+            raise BadName(f"small capital U+{ord(ch):04X} (phonetic notation)")
     if not name.isascii() and resolved_scripts(name) == frozenset({"Latn"}):
         # A Latin name that reads as an ASCII name letter for letter (`p\u0251yp\u0251l`,
         # `\u01c0ogin`): its owner can type the ASCII one, nobody can tell the two apart.
         lookalike = [ch if ch.isascii() else _PROTOTYPES.get(ord(ch), ch) for ch in decomposed]
         if all(len(proto) == 1 and proto.isascii() for proto in lookalike):
-            raise InvalidName(f"looks like the ASCII name {''.join(lookalike)!r}")
+            raise BadName(f"looks like the ASCII name {''.join(lookalike)!r}")
 
 
 def normalize_jami_id(value: str) -> str:
     """Return a Jami ID as 40 lowercase hex digits, without prefix.
 
     Accepts an optional `jami:` or `ring:` prefix (any case), then an optional `0x`, then 40
-    hex digits in any case. Anything else (whitespace included) raises InvalidAddress.
+    hex digits in any case. Anything else (whitespace included) raises BadAddress.
     """
     match = _JAMI_ID_RE.fullmatch(value)
     if match is None:
-        raise InvalidAddress("not a Jami ID: 40 hex digits expected")
+        raise BadAddress("not a Jami ID: 40 hex digits expected")
     return match.group(1).lower()
 
 
 def normalize_owner(value: str | None) -> str:
     """Return an owner (Ethereum) address as 40 lowercase hex digits, without `0x`.
 
-    None or "" means no owner and gives 40 zeros. Raises InvalidAddress.
+    None or "" means no owner and gives 40 zeros. Raises BadAddress.
     """
     if not value:
         return ZERO_OWNER
     match = _OWNER_RE.fullmatch(value)
     if match is None:
-        raise InvalidAddress("not an owner address: 40 hex digits expected")
+        raise BadAddress("not an owner address: 40 hex digits expected")
     return match.group(1).lower()
 
 
@@ -375,26 +375,26 @@ def to_bytes32(name: str) -> bytes:
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidName("lone surrogate") from exc
+        raise BadName("lone surrogate") from exc
     if len(encoded) > MAX_BYTES:
-        raise InvalidName(f"more than {MAX_BYTES} UTF-8 bytes")
+        raise BadName(f"more than {MAX_BYTES} UTF-8 bytes")
     if b"\x00" in encoded:
-        raise InvalidName("NUL in name")  # would not survive the zero padding
+        raise BadName("NUL in name")  # would not survive the zero padding
     return encoded.ljust(MAX_BYTES, b"\x00")
 
 
 def from_bytes32(raw: bytes) -> str:
     """Return the name held in a contract key: the bytes up to the zero padding, as UTF-8.
 
-    An all-zero key (the contract's "no name") gives "". Raises InvalidName for more than 32
+    An all-zero key (the contract's "no name") gives "". Raises BadName for more than 32
     bytes, invalid UTF-8, or a zero byte followed by non-zero bytes.
     """
     if len(raw) > MAX_BYTES:
-        raise InvalidName(f"more than {MAX_BYTES} bytes")
+        raise BadName(f"more than {MAX_BYTES} bytes")
     stripped = bytes(raw).rstrip(b"\x00")
     if b"\x00" in stripped:
-        raise InvalidName("NUL inside the name")
+        raise BadName("NUL inside the name")
     try:
         return stripped.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidName("not valid UTF-8") from exc
+        raise BadName("not valid UTF-8") from exc

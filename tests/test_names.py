@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from app.names import (
     MAX_BYTES,
     UNICODE_VERSION,
-    InvalidAddress,
-    InvalidName,
+    BadAddress,
+    BadName,
     check_lookup_name,
     check_registration_name,
     decode_path_segment,
@@ -183,7 +183,7 @@ LOOKALIKE_NAMES = [
 
 @pytest.mark.parametrize(("name", "reason"), LOOKALIKE_NAMES)
 def test_check_registration_name_refuses_lookalike(name: str, reason: str) -> None:
-    with pytest.raises(InvalidName, match=re.escape(reason)):
+    with pytest.raises(BadName, match=re.escape(reason)):
         check_registration_name(name)
 
 
@@ -204,13 +204,13 @@ def test_check_registration_name_accepts(name: str, folded: str) -> None:
 
 @pytest.mark.parametrize(("name", "reason"), INVALID_NAMES)
 def test_check_lookup_name_refuses(name: str, reason: str) -> None:
-    with pytest.raises(InvalidName, match=reason):
+    with pytest.raises(BadName, match=reason):
         check_lookup_name(name)
 
 
 @pytest.mark.parametrize(("name", "reason"), INVALID_NAMES)
 def test_check_registration_name_refuses(name: str, reason: str) -> None:
-    with pytest.raises(InvalidName, match=reason):
+    with pytest.raises(BadName, match=reason):
         check_registration_name(name)
 
 
@@ -244,7 +244,7 @@ def test_check_lookup_name_accepts_form(name: str, folded: str) -> None:
     ],
 )
 def test_check_registration_name_refuses_form(name: str, reason: str) -> None:
-    with pytest.raises(InvalidName, match=reason):
+    with pytest.raises(BadName, match=reason):
         check_registration_name(name)
 
 
@@ -337,7 +337,7 @@ def test_decode_path_segment_decodes(raw: bytes | str, decoded: str) -> None:
     ],
 )
 def test_decode_path_segment_refuses(raw: bytes | str, reason: str) -> None:
-    with pytest.raises(InvalidName, match=reason):
+    with pytest.raises(BadName, match=reason):
         decode_path_segment(raw)
 
 
@@ -351,7 +351,7 @@ def test_decode_path_segment_refuses(raw: bytes | str, reason: str) -> None:
     ],
 )
 def test_check_lookup_name_refuses_decoded(raw: str) -> None:
-    with pytest.raises(InvalidName):
+    with pytest.raises(BadName):
         check_lookup_name(decode_path_segment(raw))
 
 
@@ -400,7 +400,7 @@ def test_normalize_jami_id_accepts(value: str, normalized: str) -> None:
     ],
 )
 def test_normalize_jami_id_refuses(value: str) -> None:
-    with pytest.raises(InvalidAddress):
+    with pytest.raises(BadAddress):
         normalize_jami_id(value)
 
 
@@ -438,7 +438,7 @@ def test_normalize_owner_accepts(value: str | None, normalized: str) -> None:
     ],
 )
 def test_normalize_owner_refuses(value: str) -> None:
-    with pytest.raises(InvalidAddress):
+    with pytest.raises(BadAddress):
         normalize_owner(value)
 
 
@@ -467,7 +467,7 @@ def test_to_bytes32_gives(name: str, raw: bytes) -> None:
     ],
 )
 def test_to_bytes32_refuses(name: str) -> None:
-    with pytest.raises(InvalidName):
+    with pytest.raises(BadName):
         to_bytes32(name)
 
 
@@ -481,7 +481,7 @@ def test_to_bytes32_refuses(name: str) -> None:
     ],
 )
 def test_from_bytes32_refuses(raw: bytes) -> None:
-    with pytest.raises(InvalidName):
+    with pytest.raises(BadName):
         from_bytes32(raw)
 
 
@@ -597,7 +597,7 @@ def test_fold_is_precis_username_case_mapped_with_case_folding(name: str, folded
 def test_check_registration_name_refuses_by_precis(name: str) -> None:
     """PRECIS rules the old policy lacked: registrations only, so such names, if already on a
     chain, keep resolving."""
-    with pytest.raises(InvalidName, match="PRECIS"):
+    with pytest.raises(BadName, match="PRECIS"):
         check_registration_name(name)
     assert check_lookup_name(name) == fold(name)
 

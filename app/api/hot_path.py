@@ -83,7 +83,7 @@ class HotPathMiddleware:
         if raw.startswith(b"/addr/"):
             try:
                 jami_id = names.normalize_jami_id(names.decode_path_segment(raw[6:]))
-            except (names.InvalidName, names.InvalidAddress):
+            except (names.BadName, names.BadAddress):
                 return None
             body = service.hot.addrs.get(jami_id)
             if body is not None:
@@ -97,7 +97,7 @@ class HotPathMiddleware:
         folded: str | None
         try:
             folded = names.check_lookup_name(names.decode_path_segment(segment))
-        except names.InvalidName:
+        except names.BadName:
             folded = None
         if len(segment) > _MEMO_MAX_SEGMENT:
             return folded

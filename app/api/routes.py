@@ -47,7 +47,7 @@ def _name_from_raw_path(request: Request, base: str, suffix: str = "") -> str:
         segment = segment.removesuffix(suffix.encode())
     try:
         return names.decode_path_segment(segment)
-    except names.InvalidName as exc:
+    except names.BadName as exc:
         raise InvalidName() from exc
 
 

@@ -167,7 +167,7 @@ class Indexer:
         for raw, block in touched.items():
             try:
                 decoded.append((names.from_bytes32(raw), block))
-            except names.InvalidName:
+            except names.BadName:
                 logger.warning("skipping a name that is not UTF-8 on chain: 0x%s", raw.hex())
         chunks = [
             decoded[start : start + self.names_per_batch]

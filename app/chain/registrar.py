@@ -15,7 +15,7 @@ from web3 import AsyncWeb3
 
 from app.chain.client import ChainClient, ChainRejected
 from app.errors import ChainUnavailable
-from app.names import InvalidName, check_lookup_name, from_bytes32, to_bytes32
+from app.names import BadName, check_lookup_name, from_bytes32, to_bytes32
 
 ZERO_ADDRESS = "0" * 40
 # Topic 0 of the event reserveFor emits when it binds a name to an address.
@@ -149,7 +149,7 @@ class Registrar:
             if any(raw):
                 try:
                     reverse_name = from_bytes32(raw)
-                except InvalidName:
+                except BadName:
                     reverse_name = None
         return ChainView(records=records, owners=owners, reverse_name=reverse_name)
 
@@ -216,7 +216,7 @@ def servable(name: str) -> bool:
     resolving, as the README promises; fold collisions are the caller's to settle."""
     try:
         check_lookup_name(name)
-    except InvalidName:
+    except BadName:
         return False
     return True
 

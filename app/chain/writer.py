@@ -36,6 +36,15 @@ GAS_MARGIN = 1.2
 MAX_SEND_ATTEMPTS = 5
 
 
+class WriterPaused(Exception):
+    """The node refused a transaction: the writer resynchronises and waits, as for an
+    outage. Internal to the writer's loop; never an HTTP answer."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
 @dataclass(frozen=True)
 class Mined:
     """What a registration's receipt says."""
@@ -178,7 +187,7 @@ class TxWriter:
                 self.last_error = None
                 self.waiting_since = None
                 backoff = self.poll_seconds
-            except ServiceUnavailable as exc:
+            except (ServiceUnavailable, WriterPaused) as exc:
                 # Waiting on something /readyz already shows (the node, the database) or
                 # that answers 503 itself (an unfunded signer): not a stuck writer.
                 self.state = "waiting for " + exc.detail
@@ -513,7 +522,7 @@ class TxWriter:
             self.next_nonce = None  # resynchronise from the node
             if attempts >= MAX_SEND_ATTEMPTS:
                 await self._fail(registration.id, f"node refused the transaction: {exc}", None)
-            raise ServiceUnavailable(f"node refused a transaction: {exc}") from exc
+            raise WriterPaused(f"node refused a transaction: {exc}") from exc
         logger.info("sent %r nonce %d tx %s gas %d", registration.name, nonce, signed.tx_hash, gas)
         return True
 

@@ -183,7 +183,7 @@ def read_names_file(path: Path) -> list[NameEntry]:
             names.to_bytes32(name)
             jami_id = names.normalize_jami_id(str(record.get("addr", "")))
             owner = names.normalize_owner(record.get("owner") or None)
-        except (names.InvalidName, names.InvalidAddress) as exc:
+        except (names.BadName, names.BadAddress) as exc:
             raise NamesFileError(f"{where} ({name!r}): {exc}") from None
         if not name or name in seen:
             raise NamesFileError(f"{where}: empty or repeated name {name!r}")

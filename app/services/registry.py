@@ -227,7 +227,7 @@ class NameService:
         (RegistrationPending while a registration waits on a registrar others write)."""
         try:
             folded = names.check_lookup_name(name)
-        except names.InvalidName as exc:
+        except names.BadName as exc:
             logger.debug("invalid name: %s", exc)
             raise InvalidName() from exc
         since = self.hot.generation
@@ -262,7 +262,7 @@ class NameService:
         503."""
         try:
             jami_id = names.normalize_jami_id(addr)
-        except names.InvalidAddress as exc:
+        except names.BadAddress as exc:
             raise InvalidAddress() from exc
         if jami_id == ZERO_ADDRESS:
             raise AddressNotRegistered()  # what a name held without an address has
@@ -305,7 +305,7 @@ class NameService:
         """What became of the latest registration of `name` accepted by this server."""
         try:
             folded = names.check_lookup_name(name)
-        except names.InvalidName as exc:
+        except names.BadName as exc:
             raise InvalidName() from exc
         async with session_scope(self.sessionmaker) as session:
             registration = await session.scalar(
@@ -336,12 +336,12 @@ class NameService:
         after the other, so every copy sees the first one's row and answers 200."""
         try:
             folded = names.check_registration_name(name)
-        except names.InvalidName as exc:
+        except names.BadName as exc:
             logger.info("registration refused, invalid name: %s", exc)
             raise InvalidName() from exc
         try:
             jami_id = names.normalize_jami_id(request.addr)
-        except names.InvalidAddress as exc:
+        except names.BadAddress as exc:
             raise InvalidAddress() from exc
         key = (folded, jami_id)
         lock = self._registering.setdefault(key, asyncio.Lock())
@@ -366,7 +366,7 @@ class NameService:
         try:
             # Checked for compatibility, never used: see `owner_address`.
             names.normalize_owner(request.owner)
-        except names.InvalidAddress as exc:
+        except names.BadAddress as exc:
             raise BadRequest("invalid owner") from exc
         try:
             proofs.verify_registration(
