@@ -174,19 +174,13 @@ def writer_state_label(writer: Any | None) -> str:
 def current_writer(app: FastAPI) -> Any | None:
     """The transaction writer running in this server, if any."""
     runtime = getattr(app.state, "runtime", None)
-    writer = getattr(runtime, "writer", None)
-    if writer is None:
-        writer = getattr(getattr(runtime, "background", None), "writer", None)
-    return writer
+    return getattr(getattr(runtime, "background", None), "writer", None)
 
 
 def current_indexer(app: FastAPI) -> Any | None:
-    """The event indexer (`app.state.indexer`, else the leader's), if any."""
-    indexer = getattr(app.state, "indexer", None)
-    if indexer is None:
-        runtime = getattr(app.state, "runtime", None)
-        indexer = getattr(getattr(runtime, "background", None), "indexer", None)
-    return indexer
+    """The event indexer running in this server (the leader's), if any."""
+    runtime = getattr(app.state, "runtime", None)
+    return getattr(getattr(runtime, "background", None), "indexer", None)
 
 
 def indexer_lag(indexer: Any | None) -> int:

@@ -115,8 +115,3 @@ class HotCache:
         for jami_id in jami_ids:
             self.addrs.pop(jami_id)
             self.missing_addrs.pop(jami_id)
-
-    def clear(self) -> None:
-        self.generation += 1
-        for cache in (self.names, self.addrs, self.missing_names, self.missing_addrs):
-            cache.clear()
