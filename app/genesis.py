@@ -134,15 +134,6 @@ def jami_genesis() -> dict[str, Any]:
     )
 
 
-def signers_of(genesis: dict[str, Any]) -> list[str]:
-    """The signer addresses (0x + lowercase hex) a genesis's extraData lists."""
-    extra = bytes.fromhex(str(genesis["extraData"]).removeprefix("0x"))
-    body = extra[EXTRA_VANITY_BYTES : len(extra) - EXTRA_SEAL_BYTES]
-    if len(extra) < EXTRA_VANITY_BYTES + EXTRA_SEAL_BYTES or len(body) % 20:
-        raise GenesisError("extraData is not 32 bytes + 20 bytes per signer + 65 bytes")
-    return ["0x" + body[index : index + 20].hex() for index in range(0, len(body), 20)]
-
-
 # -- the genesis block hash, as geth computes it ------------------------------------------
 
 _EMPTY_TRIE_ROOT = keccak(rlp.encode(b""))

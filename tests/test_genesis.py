@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.genesis import (
+    EXTRA_SEAL_BYTES,
+    EXTRA_VANITY_BYTES,
     GenesisError,
     build_clique_genesis,
     clique_extra_data,
     genesis_hash,
     jami_genesis,
-    signers_of,
 )
 from tests.geth import GethNode
 
@@ -26,6 +27,16 @@ ZERO32 = "0x" + "00" * 32
 # `geth init` in test_geth_init_public_genesis_gives_the_pinned_hash).
 JAMI_GENESIS_HASH = "0x0af63ba6b1ffac5ea4aac146bb653517df622e6ebf2a59d6e8def2533e8b061b"
 JAMI_STATE_ROOT = "0x9162a309c102f46accebe14538d731cafd5c272d37a27897df3960924449b351"
+
+
+def signers_of(genesis: dict[str, Any]) -> list[str]:
+    """The signer addresses (0x + lowercase hex) a genesis's extraData lists."""
+    extra = bytes.fromhex(str(genesis["extraData"]).removeprefix("0x"))
+    body = extra[EXTRA_VANITY_BYTES : len(extra) - EXTRA_SEAL_BYTES]
+    if len(extra) < EXTRA_VANITY_BYTES + EXTRA_SEAL_BYTES or len(body) % 20:
+        raise GenesisError("extraData is not 32 bytes + 20 bytes per signer + 65 bytes")
+    return ["0x" + body[index : index + 20].hex() for index in range(0, len(body), 20)]
+
 
 # PROTOCOL.md §6, copied by hand: the tests must not take these from app/genesis.py.
 SPEC_SIGNERS = [
