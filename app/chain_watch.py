@@ -18,6 +18,11 @@ from app.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
+# Clique's fork choice can swap in a sibling branch a block or two shorter (a tie in total
+# difficulty goes to the lower number): a normal reorg, which the writer and indexer
+# handle. A longer drop is a node that lost blocks or was reset.
+REORG_TOLERANCE_BLOCKS = 2
+
 
 class ChainWatch:
     def __init__(
@@ -42,7 +47,7 @@ class ChainWatch:
         problem: str | None = None
         if not code or code in ("0x", "0x0"):
             problem = f"the registrar {self.registrar_address} is gone from the chain"
-        elif self.highest_block is not None and head < self.highest_block:
+        elif self.highest_block is not None and head < self.highest_block - REORG_TOLERANCE_BLOCKS:
             problem = f"the chain went backwards from block {self.highest_block} to {head}"
         if problem is None:
             self.highest_block = max(head, self.highest_block or 0)

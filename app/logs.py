@@ -40,18 +40,24 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Paths in log lines are cut to this many characters.
+LOGGED_PATH_CHARS = 200
+
+
+def short_path(path: str) -> str:
+    """`path` cut for a log line (a hostile client may send kilobytes of it)."""
+    if len(path) <= LOGGED_PATH_CHARS:
+        return path
+    return f"{path[:LOGGED_PATH_CHARS]}...({len(path)} chars)"
+
+
 class ShortAccessLineFilter(logging.Filter):
     """Cuts the path of uvicorn's access lines: a scanner's path may be kilobytes long."""
-
-    max_chars = 200
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = args[2]
-            if len(path) > self.max_chars:
-                cut = f"{path[: self.max_chars]}...({len(path)} chars)"
-                record.args = (*args[:2], cut, *args[3:])
+            record.args = (*args[:2], short_path(args[2]), *args[3:])
         return True
 
 

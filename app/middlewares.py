@@ -15,21 +15,14 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import RETRY_AFTER_SECONDS
+from app.logs import short_path
+from app.serving import MAX_URL_BYTES
 
 logger = logging.getLogger(__name__)
 
-# No valid path is longer than ~200 bytes; the server protocol (app.serving) refuses far
-# longer ones before they reach the app. This bound holds under any ASGI server.
-MAX_PATH_BYTES = 2048
-# Paths in log lines are cut to this many characters.
-LOGGED_PATH_CHARS = 200
-
-
-def short_path(path: str) -> str:
-    """`path` cut for a log line (a hostile client may send kilobytes of it)."""
-    if len(path) <= LOGGED_PATH_CHARS:
-        return path
-    return f"{path[:LOGGED_PATH_CHARS]}...({len(path)} chars)"
+# The server protocol (app.serving) refuses longer request lines before they reach the
+# app; the same bound here holds under any ASGI server.
+MAX_PATH_BYTES = MAX_URL_BYTES
 
 
 class RequestBoundsMiddleware:
