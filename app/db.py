@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -90,9 +90,33 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+# pg_advisory_lock key that serialises migrations of one PostgreSQL database.
+_MIGRATION_LOCK = 0x6A616D696E73  # "jamins"
+
+
 def migrate(settings: Settings) -> None:
-    """Bring the schema to the newest migration (alembic upgrade head)."""
-    command.upgrade(alembic_config(settings), "head")
+    """Bring the schema to the newest migration (alembic upgrade head).
+
+    On PostgreSQL, processes that migrate one database at once (workers, several servers)
+    take turns: the first builds the schema, the others then find nothing to do."""
+    url = settings.sqlalchemy_url()
+    if not url.startswith("postgresql"):
+        command.upgrade(alembic_config(settings), "head")
+        return
+    engine = make_sync_engine(settings)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            connection.commit()
+            try:
+                command.upgrade(alembic_config(settings), "head")
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 @asynccontextmanager

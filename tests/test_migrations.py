@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,30 @@ def test_migrate_backfills_skeletons(
         engine.dispose()
     assert rows == {name: name_skeleton(name) for name in stored}
     assert rows["paypal"] == rows["раураӏ"] == "paypal"  # noqa: RUF001
+
+
+def test_migrations_started_together_on_postgresql_all_succeed(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Several processes (workers, two servers on one database) may migrate the same fresh
+    database at once: one builds the schema, the others find it built."""
+    url = postgres.create_database("migrations_together")
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def migrate_at_once() -> None:
+        start.wait()
+        try:
+            migrate(settings)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=migrate_at_once) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert [thread for thread in threads if thread.is_alive()] == []
+    assert failures == []
