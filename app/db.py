@@ -90,8 +90,9 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-# pg_advisory_lock key that serialises migrations of one PostgreSQL database.
-_MIGRATION_LOCK = 0x6A616D696E73  # "jamins"
+# pg_advisory_lock key that serialises migrations of one PostgreSQL database; not the
+# leader lock's key (app.leader.ADVISORY_KEY), which a running server holds for good.
+_MIGRATION_LOCK = 0x6A6D6967726174  # "jmigrat"
 
 
 def migrate(settings: Settings) -> None:

@@ -101,3 +101,11 @@ def test_migrations_started_together_on_postgresql_all_succeed(
         thread.join(max(0.0, deadline - time.monotonic()))
     assert [thread for thread in threads if thread.is_alive()] == []
     assert failures == []
+
+
+def test_migration_lock_is_not_the_leader_lock() -> None:
+    """A running leader holds its advisory lock for good: a migration waiting on the same
+    key would hang the next server's start-up (seen: the second of two servers)."""
+    from app import db, leader
+
+    assert db._MIGRATION_LOCK != leader.ADVISORY_KEY
