@@ -8,6 +8,7 @@ with one reason when no geth 1.13.15 is built (`make geth`), and fail instead in
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -138,6 +139,25 @@ def funded_key(chain_node: ChainNode) -> str:
     else:
         fund(chain_node.url, address, 10**24)
     return key
+
+
+@contextlib.contextmanager
+def deployed_server(node: AnvilNode, data_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    """`jamins serve` on `node`, deploying its own registrar, with these extra settings."""
+    process = ServerProcess(
+        data_dir=data_dir,
+        env={
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": funded_key(node),
+            **env,
+        },
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from app.chain.anvil import AnvilNode
-from tests.conftest import funded_key
-from tests.server import REPO_ROOT, ServerProcess, free_port
+from tests.conftest import deployed_server
+from tests.server import REPO_ROOT, free_port
 
 CADDYFILE = REPO_ROOT / "docker" / "Caddyfile"
 PREFIX = "/jami"
@@ -32,20 +32,10 @@ BLOCKED_BODY = {"error": "not found"}
 @pytest.fixture(scope="module")
 def upstream(anvil: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """jamins with the API also under PREFIX, as behind a prefixed compose stack."""
-    process = ServerProcess(
-        data_dir=tmp_path_factory.mktemp("caddy-upstream"),
-        env={
-            "JAMINS_RPC_URL": anvil.url,
-            "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": funded_key(anvil),
-            "JAMINS_PATH_PREFIX": PREFIX,
-        },
-    )
-    process.start()
-    try:
+    with deployed_server(
+        anvil, tmp_path_factory.mktemp("caddy-upstream"), JAMINS_PATH_PREFIX=PREFIX
+    ) as process:
         yield f"127.0.0.1:{process.port}"
-    finally:
-        process.stop()
 
 
 class Caddy:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.chain.anvil import AnvilNode
-from tests.conftest import funded_key
+from tests.conftest import deployed_server
 from tests.server import ServerProcess
 
 PREFIX = "/jami"
@@ -32,20 +32,10 @@ OPERATIONS = [
 def prefixed_server(
     anvil: AnvilNode, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        data_dir=tmp_path_factory.mktemp("docs-server"),
-        env={
-            "JAMINS_RPC_URL": anvil.url,
-            "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": funded_key(anvil),
-            "JAMINS_PATH_PREFIX": PREFIX,
-        },
-    )
-    process.start()
-    try:
+    with deployed_server(
+        anvil, tmp_path_factory.mktemp("docs-server"), JAMINS_PATH_PREFIX=PREFIX
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from app.api.hot_path import HotPathMiddleware
 from app.chain.anvil import AnvilNode
 from app.middlewares import RequestBoundsMiddleware
-from tests.conftest import funded_key, unique_name
+from tests.conftest import deployed_server, unique_name
 from tests.server import ServerProcess
 
 HEADER_TIMEOUT = 1.5
@@ -29,21 +29,13 @@ MAX_CONNECTIONS = 200
 def hostile_server(
     anvil: AnvilNode, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        data_dir=tmp_path_factory.mktemp("hostile"),
-        env={
-            "JAMINS_RPC_URL": anvil.url,
-            "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": funded_key(anvil),
-            "JAMINS_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
-            "JAMINS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-        },
-    )
-    server.start()
-    try:
+    with deployed_server(
+        anvil,
+        tmp_path_factory.mktemp("hostile"),
+        JAMINS_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        JAMINS_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def rss_kib(pid: int) -> int:
