@@ -102,9 +102,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the name server API (on the embedded chain node unless JAMINS_RPC_URL is set)."""
-    from app.leader import DataDirInUse, DataDirLock
     from app.main import configure_connections, create_app
     from app.serving import GuardedHttpProtocol
+    from app.workers.leader import DataDirInUse, DataDirLock
 
     settings = load_settings(data_dir=data_dir, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
@@ -192,9 +192,9 @@ async def _deploy(settings: Settings) -> str:
     from app.chain.client import ChainClient
     from app.chain.registrar import deployment_data
     from app.chain.signer import load_signer
-    from app.chain.writer import GasPolicy, deploy_registrar
     from app.db import make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
     from app.main import META_CHAIN_ID, META_REGISTRAR
+    from app.workers.writer import GasPolicy, deploy_registrar
 
     signer = load_signer(settings)
     if signer is None:

@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.chain.indexer import Indexer, IndexerProgress
 from app.context import ChainContext, open_chain
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope
 from app.errors import ServiceUnavailable
 from app.main import META_REGISTRAR_BLOCK, StartupError, writer_factory
 from app.services import portability
 from app.settings import Settings
+from app.workers.indexer import Indexer, IndexerProgress
 
 stderr = Console(stderr=True)
 

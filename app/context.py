@@ -18,7 +18,6 @@ from app.chain.client import ChainClient
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
 from app.db import make_async_engine, make_sessionmaker, migrate
-from app.leader import DataDirInUse, DataDirLock, leader_lock
 from app.main import (
     StartupError,
     fund_embedded_signer,
@@ -26,6 +25,7 @@ from app.main import (
     start_embedded_node,
 )
 from app.settings import Settings
+from app.workers.leader import DataDirInUse, DataDirLock, leader_lock
 
 
 @dataclass

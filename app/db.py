@@ -91,7 +91,7 @@ def alembic_config(settings: Settings) -> Config:
 
 
 # pg_advisory_lock key that serialises migrations of one PostgreSQL database; not the
-# leader lock's key (app.leader.ADVISORY_KEY), which a running server holds for good.
+# leader lock's key (app.workers.leader.ADVISORY_KEY), which a running server holds for good.
 _MIGRATION_LOCK = 0x6A6D6967726174  # "jmigrat"
 
 

@@ -127,7 +127,7 @@ class RegistrationsDisabled(ServiceUnavailable):
 
 
 class RegistrationsThrottled(ServiceUnavailable):
-    """Admission control (app.admission): a 503, because a 429 reads as "taken"."""
+    """Admission control (app.services.admission): a 503, because a 429 reads as "taken"."""
 
     message = "too many registrations"
 

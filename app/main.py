@@ -17,22 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from app.admission import Admission
 from app.api.docs import serve_offline_docs
 from app.api.hot_path import HotPathMiddleware
 from app.api.ops import router as ops_router
 from app.api.routes import router
-from app.background import Background
 from app.chain.anvil import AnvilNode, AnvilNotFound, AnvilStartError, find_anvil, fund
 from app.chain.client import ChainClient, ChainIdMismatch, ChainRejected
-from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.chain.signer import Signer, SignerKeyError, load_or_create_key_file, load_signer
-from app.chain.writer import GasPolicy, TxWriter, deploy_registrar
-from app.chain_watch import ChainWatch
 from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
 from app.errors import BadRequest, JaminsError, ServiceUnavailable, handle_jamins_error
-from app.leader import leader_lock
 from app.logs import RequestIdMiddleware, configure_logging
 from app.metrics import Metrics, MetricsMiddleware, ops_lifespan
 from app.middlewares import (
@@ -42,10 +36,16 @@ from app.middlewares import (
     StartupErrorMiddleware,
     TimeoutMiddleware,
 )
+from app.services.admission import Admission
 from app.services.registry import NameService
 from app.serving import ConnectionLimits, GuardedHttpProtocol
 from app.settings import Settings
-from app.supervisor import Supervisor
+from app.workers.background import Background
+from app.workers.chain_watch import ChainWatch
+from app.workers.indexer import Indexer
+from app.workers.leader import leader_lock
+from app.workers.supervisor import Supervisor
+from app.workers.writer import GasPolicy, TxWriter, deploy_registrar
 
 logger = logging.getLogger(__name__)
 

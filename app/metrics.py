@@ -27,11 +27,11 @@ from sqlalchemy import func, select, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.chain.client import ChainClient, ChainRejected
-from app.chain.writer import GasPolicy, current_gas_price
 from app.errors import ServiceUnavailable
 from app.models import PENDING, Registration
 from app.settings import Settings
-from app.supervisor import Supervisor
+from app.workers.supervisor import Supervisor
+from app.workers.writer import GasPolicy, current_gas_price
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""The per-client registration bucket (app/admission.py), in process with a fixed clock."""
+"""The per-client registration bucket (app/services/admission.py), in process with a fixed clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.admission import Admission
 from app.errors import RegistrationsThrottled
+from app.services.admission import Admission
 
 
 def test_give_back_returns_the_token_of_a_long_forwarded_client() -> None:

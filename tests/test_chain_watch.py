@@ -1,11 +1,11 @@
-"""The chain watch (app/chain_watch.py) over an in-process node: which head drops it
+"""The chain watch (app/workers/chain_watch.py) over an in-process node: which head drops it
 calls a lost chain. The real-node cases are in tests/test_hostile_chain.py."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.chain_watch import REORG_TOLERANCE_BLOCKS, ChainWatch
+from app.workers.chain_watch import REORG_TOLERANCE_BLOCKS, ChainWatch
 from tests.fake_chain import REGISTRAR, FakeNode
 
 

@@ -23,11 +23,11 @@ from app.chain.client import (
     StateUnavailable,
     TxIndexing,
 )
-from app.chain.indexer import Indexer
 from app.chain.registrar import Registrar, create_address, deployment_data
 from app.db import make_async_engine, make_sessionmaker
 from app.errors import ChainUnavailable
 from app.settings import Settings
+from app.workers.indexer import Indexer
 from tests.conftest import funded_key, unique_name
 from tests.geth import GethNode
 from tests.jami_keys import make_account

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import sqlalchemy.exc
 
-from app.background import Background
-from app.leader import LeaderLock
 from app.metrics import check_background
-from app.supervisor import Supervisor
+from app.workers.background import Background
+from app.workers.leader import LeaderLock
+from app.workers.supervisor import Supervisor
 
 
 class FlakyLock(LeaderLock):

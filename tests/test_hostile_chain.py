@@ -15,7 +15,7 @@ import pytest
 
 from app.chain.anvil import AnvilNode, rpc
 from app.chain.client import ChainClient
-from app.chain_watch import ChainWatch
+from app.workers.chain_watch import ChainWatch
 from tests.conftest import unique_name
 from tests.jami_keys import make_account
 from tests.server import ServerProcess

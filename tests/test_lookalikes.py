@@ -17,7 +17,6 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.chain.indexer import apply_records
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import make_async_engine, make_sessionmaker, migrate, session_scope
 from app.errors import NameTaken
@@ -27,6 +26,7 @@ from app.services import registry
 from app.services.lookalikes import lookalike_taken
 from app.services.registry import NameService, RegistrationRequest
 from app.settings import Settings
+from app.workers.indexer import apply_records
 from tests.fake_chain import REGISTRAR, FakeNode
 from tests.jami_keys import account_pool
 from tests.pg import PostgresServer

@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from app.admission import Admission
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer
-from app.chain.writer import GasPolicy, TxWriter
 from app.db import make_async_engine, make_sessionmaker, migrate
 from app.errors import (
     AddressHasName,
@@ -25,8 +23,10 @@ from app.errors import (
     RegistrationPending,
     ServiceUnavailable,
 )
+from app.services.admission import Admission
 from app.services.registry import NameService, RegistrationRequest
 from app.settings import Settings
+from app.workers.writer import GasPolicy, TxWriter
 from tests.fake_chain import CHAIN_ID, REGISTRAR, FakeNode
 from tests.faults import quick_accounts
 

@@ -17,13 +17,13 @@ from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.chain.reconcile import reopen
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer
-from app.chain.writer import GasPolicy, TxWriter
 from app.db import make_async_engine, make_sessionmaker, migrate, session_scope
 from app.models import PENDING, NameRecord, Registration
 from app.settings import Settings
+from app.workers.reconcile import reopen
+from app.workers.writer import GasPolicy, TxWriter
 from tests.fake_chain import CHAIN_ID, REGISTRAR, FakeNode
 
 DB = async_sessionmaker[AsyncSession]

@@ -18,10 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
-from app.chain.indexer import apply_records, skipped_chain_names
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import session_scope
 from app.models import PENDING, NameRecord, Registration
+from app.workers.indexer import apply_records, skipped_chain_names
 
 
 class NamesFileError(ValueError):

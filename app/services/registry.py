@@ -24,7 +24,6 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
-from app.admission import Admission
 from app.chain.registrar import ZERO_ADDRESS, ChainRecord, Registrar, servable
 from app.db import session_scope
 from app.errors import (
@@ -43,6 +42,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.models import PENDING, NameRecord, Registration
+from app.services.admission import Admission
 from app.services.hot_cache import HotCache
 from app.services.lookalikes import lookalike_taken
 
@@ -201,7 +201,7 @@ class NameService:
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
         # more registration: registrations then answer 503 with this reason.
         self.registrations_paused: str | None = None
-        # Set by the chain watch (app/chain_watch.py) while the chain went backwards or
+        # Set by the chain watch (app/workers/chain_watch.py) while the chain went backwards or
         # lost the registrar: registrations then answer 503 with this reason.
         self.chain_problem: str | None = None
         # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).

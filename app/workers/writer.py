@@ -23,12 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from web3.exceptions import ContractLogicError
 
 from app.chain.client import ChainClient, ChainRejected, FeeCapExceeded
-from app.chain.reconcile import reconcile_confirmed
 from app.chain.registrar import ZERO_ADDRESS, Registrar
 from app.chain.signer import SignedTx, Signer
 from app.db import session_scope
 from app.errors import ServiceUnavailable
 from app.models import CONFIRMED, FAILED, PENDING, NameRecord, Registration, utcnow
+from app.workers.reconcile import reconcile_confirmed
 
 logger = logging.getLogger(__name__)
 

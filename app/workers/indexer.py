@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names
 from app.chain.client import ChainClient, ChainRejected
-from app.chain.reconcile import reconcile_confirmed, reopen
 from app.chain.registrar import ChainRecord, Registrar, servable
 from app.db import get_meta, session_scope, set_meta
 from app.errors import ServiceUnavailable
 from app.models import CONFIRMED, IndexedBlock, Meta, NameRecord, Registration
+from app.workers.reconcile import reconcile_confirmed, reopen
 
 logger = logging.getLogger(__name__)
 

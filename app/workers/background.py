@@ -1,10 +1,10 @@
 """The leader's background work: the transaction writer and the indexer.
 
 Every server serves lookups and accepts registrations; only the one holding the leader
-lock (app.leader) sends transactions and indexes, so nonces never collide. The others keep
+lock (app.workers.leader) sends transactions and indexes, so nonces never collide. The others keep
 trying the lock and take over within `poll_seconds` when the leader dies.
 
-The leader loop itself runs under the server's Supervisor (app.supervisor); while leader,
+The leader loop itself runs under the server's Supervisor (app.workers.supervisor); while leader,
 the writer and the indexer run under a Supervisor of their own (`work`): one that fails is
 restarted afresh after a back-off, and the lock is kept meanwhile.
 """
@@ -15,10 +15,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from app.chain.indexer import Indexer
-from app.chain.writer import TxWriter
-from app.leader import LeaderLock
-from app.supervisor import Supervisor
+from app.workers.indexer import Indexer
+from app.workers.leader import LeaderLock
+from app.workers.supervisor import Supervisor
+from app.workers.writer import TxWriter
 
 logger = logging.getLogger(__name__)
 
