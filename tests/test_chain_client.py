@@ -7,6 +7,7 @@ thread that answers each JSON-RPC method as the test says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -19,6 +20,7 @@ import pytest
 from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3._utils.http_session_manager import HTTPSessionManager
 from web3.exceptions import ExtraDataLengthError
 
 from app.chain.client import ChainClient, ChainIdMismatch, ChainRejected
@@ -353,3 +355,51 @@ def test_call_malformed_answer_is_unavailable(
 
     with pytest.raises(ChainUnavailable):
         with_client(node.url, 2, lambda client: client.chain_id())
+
+
+class _GatedLock:
+    """web3's session lock, whose acquire from an executor thread waits for `gate`: the
+    slow thread wake-up of a real race, made deterministic."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.inner = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.gate.wait()
+        return self.inner.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def locked(self) -> bool:
+        return self.inner.locked()
+
+
+def test_call_cancelled_while_waiting_for_the_session_lock_leaves_client_usable(
+    start_node: Callable[[Responder], FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """web3.py 7.16 takes one process-wide thread lock (HTTPSessionManager._lock) in an
+    executor thread on every HTTP request. A request cancelled while that acquire is
+    pending releases the holder's lock in its `finally`; the holder then finds it free and
+    releases nothing, and the executor thread takes it for ever (web3.py issue #3867):
+    every later chain call of the process times out. A call's timeout or cancellation
+    must not cancel web3's request."""
+    node = start_node(answering({"eth_chainId": "0x60f"}))
+    gate = threading.Event()
+    lock = _GatedLock(gate)
+    monkeypatch.setattr(HTTPSessionManager, "_lock", lock)
+
+    async def use(client: ChainClient) -> int:
+        lock.inner.acquire()  # another request holds it
+        call = asyncio.create_task(client.chain_id())
+        await asyncio.sleep(0.1)  # its executor thread now waits at the gate
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        if lock.locked():  # the holder's end, as web3's async_lock does it
+            lock.release()
+        gate.set()
+        return await client.chain_id()
+
+    assert with_client(node.url, 2, use) == JAMI_CHAIN_ID

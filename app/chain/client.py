@@ -115,6 +115,12 @@ def make_web3(url: str, timeout: float) -> AsyncWeb3[AsyncHTTPProvider]:
     return w3
 
 
+def _forget(request: asyncio.Future[Any]) -> None:
+    """The end of a request no one waits for any more: its error is not worth a warning."""
+    if not request.cancelled():
+        request.exception()
+
+
 class ChainClient:
     """One node connection; every call is bounded and failures become ChainUnavailable."""
 
@@ -126,9 +132,13 @@ class ChainClient:
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a web3 call; unreachable or slow node → ChainUnavailable, RPC error →
         ChainRejected."""
+        # web3's request runs to its own end (aiohttp's timeout bounds it): cancelling it
+        # while it waits for web3's process-wide session lock leaves that lock held for
+        # ever (web3.py issue #3867). Only this wait is cancelled or timed out.
+        request = asyncio.ensure_future(awaitable)
         try:
             async with asyncio.timeout(self.timeout):
-                return await awaitable
+                return await asyncio.shield(request)
         except TimeoutError as exc:
             raise ChainUnavailable("chain node timed out") from exc
         except (aiohttp.ClientError, ProviderConnectionError, RequestTimedOut, OSError) as exc:
@@ -138,6 +148,9 @@ class ChainClient:
             raise ChainUnavailable("chain node sent a malformed answer") from exc
         except Web3RPCError as exc:
             raise translate_error(_rpc_message(exc)) from exc
+        finally:
+            if not request.done():
+                request.add_done_callback(_forget)
 
     async def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call (no web3 formatting): the `result`, or ChainRejected."""
