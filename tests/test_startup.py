@@ -4,6 +4,7 @@ registration queue that survives a crash."""
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -68,6 +69,29 @@ def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_pa
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
     assert f"cannot read the signer key file {tmp_path / 'missing.key'}" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "deploy"])
+def test_an_unfunded_signer_refuses_at_once_in_one_line(
+    node: AnvilNode, tmp_path: Path, command: str
+) -> None:
+    key = "0x" + secrets.token_hex(32)
+    done = _jamins(
+        command,
+        *(["--port", str(free_port())] if command == "serve" else []),
+        env={
+            "JAMINS_DATA_DIR": str(tmp_path),
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": key,
+        },
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    # Provisioning's progress may be logged before it; the error is the last line.
+    last = done.stderr.strip().splitlines()[-1]
+    assert "nsufficient funds" in last and Account.from_key(key).address in last, last
+    assert key[2:] not in done.stderr
 
 
 def test_deploy_then_serve_remembers_registrar_and_status_reports(
