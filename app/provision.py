@@ -25,6 +25,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import sqlalchemy.engine
+import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -250,11 +252,28 @@ async def provision_database(
     deploy: bool = False,
 ) -> Registrar:
     """Migrate, then find or deploy the registrar and record it, under the lock."""
-    async with provisioning_lock(settings, engine):
-        await asyncio.to_thread(migrate, settings)
-        return await provision_registrar(
-            settings, client, signer, make_sessionmaker(engine), deploy=deploy
-        )
+    try:
+        async with provisioning_lock(settings, engine):
+            await asyncio.to_thread(migrate, settings)
+            return await provision_registrar(
+                settings, client, signer, make_sessionmaker(engine), deploy=deploy
+            )
+    except _DATABASE_DOWN as exc:
+        # The lock and the migrations use the database first; later steps' errors are
+        # already DatabaseUnavailable (app.db.session_scope).
+        raise _database_down(settings, exc) from None
+
+
+_DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError)
+
+
+def _database_down(settings: Settings, exc: Exception) -> ProvisionError:
+    url = sqlalchemy.engine.make_url(settings.sqlalchemy_url())
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return ProvisionError(
+        f"cannot reach the database {url.render_as_string(hide_password=True)} "
+        f"(JAMINS_DATABASE_URL): {reason}"
+    )
 
 
 def provision(settings: Settings, *, deploy: bool = False) -> str:

@@ -28,6 +28,7 @@ from app.provision import (
 from app.runtime import open_runtime
 from app.settings import Settings
 from tests.conftest import funded_key
+from tests.server import free_port
 
 
 def settings_for(node: AnvilNode, data_dir: Path, **values: Any) -> Settings:
@@ -182,3 +183,17 @@ def test_the_embedded_node_finds_its_registrar_again_without_its_database(
     for database in tmp_path.glob("jamins.sqlite3*"):
         database.unlink()
     assert asyncio.run(served()) == first
+
+
+def test_provision_with_the_database_down_says_so_in_one_line(
+    anvil: AnvilNode, tmp_path: Path
+) -> None:
+    url = f"postgresql://jamins:secret@127.0.0.1:{free_port()}/jamins"
+    settings = settings_for(anvil, tmp_path, deploy=True, database_url=url)
+
+    with pytest.raises(ProvisionError, match="cannot reach the database") as refused:
+        provision(settings)
+
+    message = str(refused.value)
+    assert "\n" not in message and "JAMINS_DATABASE_URL" in message
+    assert "secret" not in message
