@@ -222,10 +222,10 @@ async def open_runtime(
         assert rpc_url is not None
         timeout = max(settings.rpc_timeout, 30) if command else settings.rpc_timeout
         client = ChainClient(rpc_url, timeout=timeout)
-        if node is not None and signer is not None:
-            await fund_embedded_signer(client, signer)
         sessionmaker = make_sessionmaker(engine)
         if provision:
+            if node is not None and signer is not None:
+                await fund_embedded_signer(client, signer)
             registrar = await provision_database(settings, engine, client, signer)
         else:
             registrar = await recorded_registrar(settings, client, sessionmaker)
