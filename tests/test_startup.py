@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +254,34 @@ def test_second_serve_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
         assert httpx.get(f"{first.url}/readyz", timeout=10).status_code == 200
     finally:
         first.stop()
+
+
+def test_workers_only_read_what_serve_provisioned_once(node: AnvilNode, tmp_path: Path) -> None:
+    key = funded_key(node)
+    server = ServerProcess(
+        data_dir=tmp_path,
+        env={
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": key,
+            "JAMINS_WORKERS": "2",
+        },
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while server.log_tail(1_000_000).count("serving registrar") < 2:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
+        log = server.log_tail(1_000_000)
+        address = server.registrar_address()
+    finally:
+        server.stop()
+    # The parent migrated and deployed; each worker only read the record.
+    assert log.count("Running upgrade  -> 0001") == 1
+    assert log.count("deployed the registrar") == 1
+    assert log.count(f"serving registrar {address}") == 2
+    assert (
+        int(rpc(node.url, "eth_getTransactionCount", [Account.from_key(key).address, "latest"]), 16)
+        == 1
+    )
