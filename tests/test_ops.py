@@ -26,7 +26,7 @@ from eth_account import Account
 import tests.server
 from app.chain.anvil import AnvilNode, fund
 from app.logs import JsonLinesFormatter, RequestIdFilter, request_id
-from app.services.balance import REGISTRATION_GAS, registrations_covered
+from app.services.balance import REGISTRATION_GAS
 from tests.conftest import funded_key, unique_name
 from tests.jami_keys import make_account
 from tests.pg import PostgresServer
@@ -246,20 +246,6 @@ def test_low_balance_warns_then_refuses_registrations_with_503(
             assert server.wait_settled(late)["state"] == "confirmed"
     finally:
         server.stop()
-
-
-@pytest.mark.parametrize(
-    ("balance", "gas_price", "covered"),
-    [
-        pytest.param(0, GAS_PRICE, 0, id="empty"),
-        pytest.param(ONE_REGISTRATION - 1, GAS_PRICE, 0, id="just-short"),
-        pytest.param(ONE_REGISTRATION, GAS_PRICE, 1, id="exactly-one"),
-        pytest.param(10**18, GAS_PRICE, 714, id="one-ether"),
-        pytest.param(5, 0, None, id="free-gas"),
-    ],
-)
-def test_registrations_covered(balance: int, gas_price: int, covered: int | None) -> None:
-    assert registrations_covered(balance, gas_price) == covered
 
 
 # -- logs and TLS -----------------------------------------------------------------------
