@@ -3,6 +3,7 @@ registration queue that survives a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
@@ -15,8 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
+from pydantic import SecretStr
 
 from app.chain.anvil import AnvilNode, rpc
+from app.db import migrate
+from app.main import create_app
+from app.provision import ProvisionError, provision
+from app.runtime import server_state
+from app.settings import Settings
 from tests.conftest import funded_key, unique_name
 from tests.jami_keys import make_account
 from tests.server import REPO_ROOT, ServerProcess, free_port
@@ -285,3 +292,49 @@ def test_workers_only_read_what_serve_provisioned_once(node: AnvilNode, tmp_path
         int(rpc(node.url, "eth_getTransactionCount", [Account.from_key(key).address, "latest"]), 16)
         == 1
     )
+
+
+# -- the app in process: create_app(settings) alone provisions; a worker's only reads -------
+
+
+def test_an_app_built_alone_provisions_in_its_lifespan(node: AnvilNode, tmp_path: Path) -> None:
+    key = funded_key(node)
+    settings = Settings(
+        rpc_url=node.url,
+        deploy=True,
+        signer_key=SecretStr(key),
+        data_dir=tmp_path,
+        _env_file=None,
+    )
+    app = create_app(settings)
+
+    async def health() -> dict[str, object]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://jamins") as http:
+                body: dict[str, object] = (await http.get("/healthz")).json()
+                return body
+
+    first = asyncio.run(health())
+    assert first["registrar"] == provision(settings)  # recorded: provisioning finds it
+    assert asyncio.run(health()) == first
+    sender = Account.from_key(key).address
+    assert int(rpc(node.url, "eth_getTransactionCount", [sender, "latest"]), 16) == 1
+
+
+def test_a_worker_app_without_provisioning_fails_in_one_line(
+    node: AnvilNode, tmp_path: Path
+) -> None:
+    settings = Settings(rpc_url=node.url, data_dir=tmp_path, _env_file=None)
+    migrate(settings)
+    app = create_app(settings, provisioned=True)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(ProvisionError, match="records no registrar"):
+        asyncio.run(start())
+    startup_error = server_state(app).startup_error
+    assert startup_error is not None and "\n" not in startup_error
+    assert startup_error.startswith("cannot start: the database records no registrar")
