@@ -171,11 +171,14 @@ def serve(
 @cli.command()
 def migrate(data_dir: DataDirOption = None) -> None:
     """Create or upgrade the database schema (the first step of what `serve` provisions)."""
-    from app.db import migrate as run_migrations
+    from app.provision import ProvisionError, migrate_database
 
     settings = load_settings(data_dir=data_dir)
     configure_logging(settings.log_level, settings.log_format)
-    run_migrations(settings)
+    try:
+        migrate_database(settings)
+    except ProvisionError as exc:
+        fail(str(exc), code=1)
     typer.echo("database is at the newest schema")
 
 

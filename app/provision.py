@@ -276,6 +276,15 @@ def _database_down(settings: Settings, exc: Exception) -> ProvisionError:
     )
 
 
+def migrate_database(settings: Settings) -> None:
+    """The schema step alone (`jamins migrate`); a database that does not answer is one
+    ProvisionError line."""
+    try:
+        migrate(settings)
+    except _DATABASE_DOWN as exc:
+        raise _database_down(settings, exc) from None
+
+
 def provision(settings: Settings, *, deploy: bool = False) -> str:
     """Provision on the configured node (JAMINS_RPC_URL); returns the registrar's address.
 

@@ -237,11 +237,10 @@ def test_serve_on_a_taken_port_refuses_before_starting_anything(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_status_with_database_down_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["status", "alice"], ["migrate"]], ids=["status", "migrate"])
+def test_database_down_says_so_in_one_line(tmp_path: Path, command: list[str]) -> None:
     url = f"postgresql://jamins:secret@127.0.0.1:{free_port()}/jamins"
-    done = _jamins(
-        "status", "alice", env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url}
-    )
+    done = _jamins(*command, env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url})
     _one_clear_line(done, "JAMINS_DATABASE_URL")
     assert "secret" not in done.stderr
 
