@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import shutil
 import socket
@@ -102,7 +101,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the name server API (on the embedded chain node unless JAMINS_RPC_URL is set)."""
-    from app.main import configure_connections, create_app
+    from app.provision import OPERATOR_ERRORS, provision
     from app.serving import GuardedHttpProtocol
     from app.workers.leader import DataDirInUse, DataDirLock
 
@@ -116,30 +115,36 @@ def serve(
     if settings.embedded or settings.sqlite_path() is not None:
         check_data_dir(settings)
     check_port(host, port)
-    metrics_dir: str | None = None
-    if settings.workers > 1:
-        # Each worker process builds its own app from the environment.
-        os.environ["JAMINS_WORKERS"] = str(settings.workers)
-        if data_dir is not None:
-            os.environ["JAMINS_DATA_DIR"] = str(data_dir)
-        # prometheus-client's multiprocess mode: each worker (a fresh interpreter that
-        # reads this at import) writes its metrics to files there; /metrics merges them.
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            metrics_dir = tempfile.mkdtemp(prefix="jamins-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    configure_connections(settings)
     node_lock = DataDirLock(settings.data_dir) if settings.embedded else None
     if node_lock is not None:
         try:
             node_lock.acquire()
         except DataDirInUse as exc:
             fail(str(exc))
+    metrics_dir: str | None = None
     try:
+        if not settings.embedded:
+            # Once, before any worker starts: the workers only read what it recorded.
+            # The embedded node's one process provisions itself (app.provision).
+            try:
+                provision(settings)
+            except OPERATOR_ERRORS as exc:
+                fail(f"cannot start: {exc}", code=3)
+        # Each worker process (and the one worker, in this process) builds its app from
+        # the environment, command-line options included.
+        os.environ["JAMINS_WORKERS"] = str(settings.workers)
+        if data_dir is not None:
+            os.environ["JAMINS_DATA_DIR"] = str(data_dir)
+        if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # prometheus-client's multiprocess mode: each worker (a fresh interpreter that
+            # reads this at import) writes its metrics to files there; /metrics merges them.
+            metrics_dir = tempfile.mkdtemp(prefix="jamins-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run(
-            "app.main:create_app_from_env" if settings.workers > 1 else create_app(settings),
+            "app.main:create_app_from_env",
+            factory=True,
             http=GuardedHttpProtocol,
             timeout_keep_alive=settings.keepalive_timeout,
-            factory=settings.workers > 1,
             workers=settings.workers,
             host=host,
             port=port,
@@ -165,58 +170,33 @@ def serve(
 
 @cli.command()
 def migrate(data_dir: DataDirOption = None) -> None:
-    """Create or upgrade the database schema."""
-    from app.db import migrate as run_migrations
+    """Create or upgrade the database schema (the first step of what `serve` provisions)."""
+    from app.provision import ProvisionError, migrate_database
 
     settings = load_settings(data_dir=data_dir)
     configure_logging(settings.log_level, settings.log_format)
-    run_migrations(settings)
+    try:
+        migrate_database(settings)
+    except ProvisionError as exc:
+        fail(str(exc), code=1)
     typer.echo("database is at the newest schema")
 
 
 @cli.command()
 def deploy(data_dir: DataDirOption = None) -> None:
-    """Deploy the registrar on JAMINS_RPC_URL with the signer key, and remember it."""
+    """Deploy the registrar on JAMINS_RPC_URL with the signer key, and record it (prints
+    the registrar the database already records, or JAMINS_CONTRACT_ADDRESS, instead)."""
+    from app.provision import OPERATOR_ERRORS, provision
+
     settings = load_settings(data_dir=data_dir)
     configure_logging(settings.log_level, settings.log_format)
     if settings.embedded:
-        typer.echo(
-            "the embedded default deploys its registrar itself: set JAMINS_RPC_URL", err=True
-        )
-        raise typer.Exit(2)
-    address = asyncio.run(_deploy(settings))
-    typer.echo(address)
-
-
-async def _deploy(settings: Settings) -> str:
-    from app.chain.client import ChainClient
-    from app.chain.registrar import deployment_data
-    from app.chain.signer import load_signer
-    from app.db import make_async_engine, make_sessionmaker, migrate, session_scope, set_meta
-    from app.main import META_CHAIN_ID, META_REGISTRAR
-    from app.workers.writer import GasPolicy, deploy_registrar
-
-    signer = load_signer(settings)
-    if signer is None:
-        typer.echo("set JAMINS_SIGNER_KEY or JAMINS_SIGNER_KEY_FILE to deploy", err=True)
-        raise typer.Exit(2)
-    assert settings.rpc_url is not None
-    client = ChainClient(settings.rpc_url, timeout=settings.rpc_timeout)
-    engine = make_async_engine(settings)
+        fail("the embedded default deploys its registrar itself: set JAMINS_RPC_URL")
     try:
-        await client.check_chain_id(settings.chain_id)
-        migrate(settings)
-        address, block = await deploy_registrar(
-            client, signer, GasPolicy(settings.chain_id, settings.gas_price_wei), deployment_data()
-        )
-        async with session_scope(make_sessionmaker(engine)) as session, session.begin():
-            await set_meta(session, META_REGISTRAR, address)
-            await set_meta(session, META_CHAIN_ID, str(settings.chain_id))
-        logging.getLogger(__name__).info("registrar deployed in block %d", block)
-        return address
-    finally:
-        await client.close()
-        await engine.dispose()
+        address = provision(settings, deploy=True)
+    except OPERATOR_ERRORS as exc:
+        fail(f"cannot deploy: {exc}", code=1)
+    typer.echo(address)
 
 
 @cli.command()

@@ -12,13 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.context import ChainContext, open_chain
-from app.db import get_meta, make_async_engine, make_sessionmaker, migrate, session_scope
-from app.errors import ServiceUnavailable
-from app.main import META_REGISTRAR_BLOCK, StartupError, writer_factory
+from app.db import make_async_engine, make_sessionmaker, migrate
+from app.provision import OPERATOR_ERRORS, ProvisionError, indexer_start_block
+from app.runtime import Runtime, open_runtime
 from app.services import portability
 from app.settings import Settings
-from app.workers.indexer import Indexer, IndexerProgress
+from app.workers.indexer import IndexerProgress
 
 stderr = Console(stderr=True)
 
@@ -61,7 +60,7 @@ def run_index(settings: Settings) -> None:
     require_data_dir(settings)
     try:
         reached, loaded = asyncio.run(_index(settings))
-    except (StartupError, ServiceUnavailable) as exc:
+    except OPERATOR_ERRORS as exc:
         raise _fail(str(exc)) from None
     stderr.print(f"indexed to block {reached}: {loaded} records loaded")
 
@@ -92,7 +91,7 @@ def run_import(settings: Settings, file: Path, cache_only: bool, verify: bool = 
     )
     try:
         report, failed = asyncio.run(_import(settings, checked.accepted, cache_only))
-    except (StartupError, ServiceUnavailable) as exc:
+    except OPERATOR_ERRORS as exc:
         raise _fail(str(exc)) from None
     report.refused, report.unproven = checked.refused, checked.unproven
     # Every record is counted once: registered, loaded, already there, or reported below.
@@ -111,14 +110,10 @@ def run_import(settings: Settings, file: Path, cache_only: bool, verify: bool = 
 
 
 async def _index(settings: Settings) -> tuple[int, int]:
-    async with open_chain(settings) as context:
-        if not context.is_leader:
-            raise StartupError("another jamins server is the leader and indexes this database")
-        start = settings.index_from_block
-        if start is None:
-            async with session_scope(context.sessionmaker) as session:
-                deployed_at = await get_meta(session, META_REGISTRAR_BLOCK)
-            start = int(deployed_at) if deployed_at is not None else 0
+    async with open_runtime(settings, provision=True, command=True) as runtime:
+        if not runtime.is_leader:
+            raise ProvisionError("another jamins server is the leader and indexes this database")
+        start = await indexer_start_block(settings, runtime.sessionmaker)
         with _progress() as progress:
             task = progress.add_task("indexing blocks", total=None)
 
@@ -130,14 +125,7 @@ async def _index(settings: Settings) -> tuple[int, int]:
                     description=f"indexing blocks ({state.names_loaded} records)",
                 )
 
-            indexer = Indexer(
-                sessionmaker=context.sessionmaker,
-                client=context.client,
-                registrar=context.registrar,
-                start_block=start,
-                reorg_window=settings.reorg_window,
-                on_progress=show,
-            )
+            indexer = runtime.make_indexer(start, on_progress=show)
             reached = await indexer.catch_up()
         return reached, indexer.names_loaded
 
@@ -169,29 +157,27 @@ async def _import(
             return await portability.load_into_cache(make_sessionmaker(engine), entries), []
         finally:
             await engine.dispose()
-    async with open_chain(settings) as context:
+    async with open_runtime(settings, provision=True, command=True) as runtime:
         report = await portability.queue_registrations(
-            context.sessionmaker, context.registrar, entries
+            runtime.sessionmaker, runtime.registrar, entries
         )
-        failed = await _drain(context, report.queued_names)
+        failed = await _drain(runtime, report.queued_names)
     return report, failed
 
 
-async def _drain(context: ChainContext, queued: list[str]) -> list[str]:
+async def _drain(runtime: Runtime, queued: list[str]) -> list[str]:
     """Wait until every queued registration is settled: by our own writer when we hold
     the leader lock, else by the running server's. Returns the failures."""
     writer_task = None
-    make_writer = writer_factory(
-        context.settings, context.sessionmaker, context.client, context.registrar, context.signer
-    )
-    if context.is_leader and make_writer is not None and queued:
-        writer_task = asyncio.create_task(make_writer().run())
+    writer = runtime.make_writer() if runtime.is_leader and queued else None
+    if writer is not None:
+        writer_task = asyncio.create_task(writer.run())
     states: dict[str, tuple[str, str | None]] = {}
     try:
         with _progress() as progress:
             task = progress.add_task("registering", total=len(queued))
             while True:
-                states = await portability.settled_states(context.sessionmaker, queued)
+                states = await portability.settled_states(runtime.sessionmaker, queued)
                 settled = [name for name, (state, _) in states.items() if state != "pending"]
                 progress.update(task, completed=len(settled))
                 if len(settled) == len(queued):

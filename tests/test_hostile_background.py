@@ -165,9 +165,8 @@ def test_readiness_names_the_loop_that_is_not_running() -> None:
 
         supervisor.start("indexer", failing)
         await eventually(lambda: bool(supervisor.problems()))
-        app = SimpleNamespace(state=SimpleNamespace(runtime=SimpleNamespace(supervisor=supervisor)))
         try:
-            return check_background(app)  # type: ignore[arg-type]
+            return check_background(SimpleNamespace(supervisor=supervisor))  # type: ignore[arg-type]
         finally:
             await supervisor.stop()
 

@@ -11,7 +11,7 @@ import pytest
 
 from app.chain.anvil import AnvilNode
 from app.errors import RegistrationsThrottled
-from app.main import admission_for
+from app.runtime import admission_for
 from app.settings import Settings
 from tests.conftest import funded_key
 from tests.pg import PostgresServer

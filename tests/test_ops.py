@@ -26,7 +26,7 @@ from eth_account import Account
 import tests.server
 from app.chain.anvil import AnvilNode, fund
 from app.logs import JsonLinesFormatter, RequestIdFilter, request_id
-from app.metrics import REGISTRATION_GAS, indexer_lag, registrations_covered
+from app.services.balance import REGISTRATION_GAS
 from tests.conftest import funded_key, unique_name
 from tests.jami_keys import make_account
 from tests.pg import PostgresServer
@@ -218,7 +218,7 @@ def test_low_balance_warns_then_refuses_registrations_with_503(
                 if "3 more registrations" in line
             )
             assert warning["level"] == "WARNING"
-            assert warning["logger"] == "app.metrics"
+            assert warning["logger"] == "app.services.balance"
             assert signer in warning["message"]
 
             name, account = unique_name("cheap"), make_account()
@@ -246,39 +246,6 @@ def test_low_balance_warns_then_refuses_registrations_with_503(
             assert server.wait_settled(late)["state"] == "confirmed"
     finally:
         server.stop()
-
-
-@pytest.mark.parametrize(
-    ("balance", "gas_price", "covered"),
-    [
-        pytest.param(0, GAS_PRICE, 0, id="empty"),
-        pytest.param(ONE_REGISTRATION - 1, GAS_PRICE, 0, id="just-short"),
-        pytest.param(ONE_REGISTRATION, GAS_PRICE, 1, id="exactly-one"),
-        pytest.param(10**18, GAS_PRICE, 714, id="one-ether"),
-        pytest.param(5, 0, None, id="free-gas"),
-    ],
-)
-def test_registrations_covered(balance: int, gas_price: int, covered: int | None) -> None:
-    assert registrations_covered(balance, gas_price) == covered
-
-
-class FakeIndexer:
-    def __init__(self, indexed: int | None, head: int | None) -> None:
-        self.indexed_block = indexed
-        self.head_block = head
-
-
-@pytest.mark.parametrize(
-    ("indexer", "lag"),
-    [
-        pytest.param(None, 0, id="no-indexer"),
-        pytest.param(FakeIndexer(None, 10), 0, id="not-started"),
-        pytest.param(FakeIndexer(7, 10), 3, id="behind"),
-        pytest.param(FakeIndexer(12, 10), 0, id="ahead-of-a-stale-head"),
-    ],
-)
-def test_indexer_lag(indexer: FakeIndexer | None, lag: int) -> None:
-    assert indexer_lag(indexer) == lag
 
 
 # -- logs and TLS -----------------------------------------------------------------------

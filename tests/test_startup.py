@@ -3,18 +3,27 @@ registration queue that survives a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from eth_account import Account
+from pydantic import SecretStr
 
 from app.chain.anvil import AnvilNode, rpc
+from app.db import migrate
+from app.main import create_app
+from app.provision import ProvisionError, provision
+from app.runtime import server_state
+from app.settings import Settings
 from tests.conftest import funded_key, unique_name
 from tests.jami_keys import make_account
 from tests.server import REPO_ROOT, ServerProcess, free_port
@@ -68,6 +77,29 @@ def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_pa
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
     assert f"cannot read the signer key file {tmp_path / 'missing.key'}" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "deploy"])
+def test_an_unfunded_signer_refuses_at_once_in_one_line(
+    node: AnvilNode, tmp_path: Path, command: str
+) -> None:
+    key = "0x" + secrets.token_hex(32)
+    done = _jamins(
+        command,
+        *(["--port", str(free_port())] if command == "serve" else []),
+        env={
+            "JAMINS_DATA_DIR": str(tmp_path),
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": key,
+        },
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    # Provisioning's progress may be logged before it; the error is the last line.
+    last = done.stderr.strip().splitlines()[-1]
+    assert "nsufficient funds" in last and Account.from_key(key).address in last, last
+    assert key[2:] not in done.stderr
 
 
 def test_deploy_then_serve_remembers_registrar_and_status_reports(
@@ -205,11 +237,10 @@ def test_serve_on_a_taken_port_refuses_before_starting_anything(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_status_with_database_down_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["status", "alice"], ["migrate"]], ids=["status", "migrate"])
+def test_database_down_says_so_in_one_line(tmp_path: Path, command: list[str]) -> None:
     url = f"postgresql://jamins:secret@127.0.0.1:{free_port()}/jamins"
-    done = _jamins(
-        "status", "alice", env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url}
-    )
+    done = _jamins(*command, env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url})
     _one_clear_line(done, "JAMINS_DATABASE_URL")
     assert "secret" not in done.stderr
 
@@ -229,3 +260,80 @@ def test_second_serve_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
         assert httpx.get(f"{first.url}/readyz", timeout=10).status_code == 200
     finally:
         first.stop()
+
+
+def test_workers_only_read_what_serve_provisioned_once(node: AnvilNode, tmp_path: Path) -> None:
+    key = funded_key(node)
+    server = ServerProcess(
+        data_dir=tmp_path,
+        env={
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_DEPLOY": "true",
+            "JAMINS_SIGNER_KEY": key,
+            "JAMINS_WORKERS": "2",
+        },
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while server.log_tail(1_000_000).count("serving registrar") < 2:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
+        log = server.log_tail(1_000_000)
+        address = server.registrar_address()
+    finally:
+        server.stop()
+    # The parent migrated and deployed; each worker only read the record.
+    assert log.count("Running upgrade  -> 0001") == 1
+    assert log.count("deployed the registrar") == 1
+    assert log.count(f"serving registrar {address}") == 2
+    assert (
+        int(rpc(node.url, "eth_getTransactionCount", [Account.from_key(key).address, "latest"]), 16)
+        == 1
+    )
+
+
+# -- the app in process: create_app(settings) alone provisions; a worker's only reads -------
+
+
+def test_an_app_built_alone_provisions_in_its_lifespan(node: AnvilNode, tmp_path: Path) -> None:
+    key = funded_key(node)
+    settings = Settings(
+        rpc_url=node.url,
+        deploy=True,
+        signer_key=SecretStr(key),
+        data_dir=tmp_path,
+        _env_file=None,
+    )
+    app = create_app(settings)
+
+    async def health() -> dict[str, object]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://jamins") as http:
+                body: dict[str, object] = (await http.get("/healthz")).json()
+                return body
+
+    first = asyncio.run(health())
+    assert first["registrar"] == provision(settings)  # recorded: provisioning finds it
+    assert asyncio.run(health()) == first
+    sender = Account.from_key(key).address
+    assert int(rpc(node.url, "eth_getTransactionCount", [sender, "latest"]), 16) == 1
+
+
+def test_a_worker_app_without_provisioning_fails_in_one_line(
+    node: AnvilNode, tmp_path: Path
+) -> None:
+    settings = Settings(rpc_url=node.url, data_dir=tmp_path, _env_file=None)
+    migrate(settings)
+    app = create_app(settings, provisioned=True)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(ProvisionError, match="records no registrar"):
+        asyncio.run(start())
+    startup_error = server_state(app).startup_error
+    assert startup_error is not None and "\n" not in startup_error
+    assert startup_error.startswith("cannot start: the database records no registrar")

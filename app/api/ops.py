@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 from app.errors import RETRY_AFTER_SECONDS
-from app.metrics import exposition, readiness, refresh_metrics
+from app.metrics import readiness, refresh_metrics
+from app.runtime import server_state
 
 router = APIRouter()
 
@@ -16,7 +17,8 @@ router = APIRouter()
 class ReadyAnswer(BaseModel):
     status: str = Field(description='"ready" or "not ready"')
     checks: dict[str, str] = Field(
-        description='database, chain, indexer, background (a loop not running): "ok" or why not'
+        description="database, chain, indexer, background (a loop not running), writer: "
+        '"ok" or why not'
     )
     head_block: int | None = Field(description="The chain node's latest block, if it answered.")
     indexer_lag: int = Field(description="Blocks the indexer is behind (0 without an indexer).")
@@ -29,7 +31,8 @@ class ReadyAnswer(BaseModel):
     summary="Readiness: database, chain node with the right chain id, indexer lag",
 )
 async def readyz(request: Request) -> JSONResponse:
-    found = await readiness(request.app, request.app.state.settings)
+    state = server_state(request.app)
+    found = await readiness(state.started(), state.metrics)
     if found.ready:
         return JSONResponse(found.body())
     return JSONResponse(
@@ -44,5 +47,6 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    await refresh_metrics(request.app, request.app.state.settings)
-    return Response(exposition(request.app), media_type=CONTENT_TYPE_LATEST)
+    state = server_state(request.app)
+    await refresh_metrics(state.started(), state.metrics)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -20,6 +20,7 @@ from app.api.schemas import (
     errors,
 )
 from app.errors import BadRequest, InvalidAddress, InvalidName, NotFound
+from app.runtime import server_state
 from app.services.registry import NameService, RegistrationRequest
 
 MAX_BODY_BYTES = 16 * 1024  # a real RSA-4096 registration is 1884 bytes
@@ -28,8 +29,7 @@ router = APIRouter()
 
 
 def get_service(request: Request) -> NameService:
-    service: NameService = request.app.state.service
-    return service
+    return server_state(request.app).started().service
 
 
 ServiceDep = Annotated[NameService, Depends(get_service)]
