@@ -336,3 +336,26 @@ def test_register_failed_commit_is_503_for_every_request(database_settings: Sett
         assert await stored_addrs(db) == {}
 
     run(database_settings, scenario)
+
+
+def test_store_flush_cancelled_fails_every_waiter_with_503(
+    database_settings: Settings, held_first_flush: tuple[asyncio.Event, asyncio.Event]
+) -> None:
+    """The loop closing mid-flush: the batch in flight and the acceptances queued behind it
+    are answered 503, none is left waiting."""
+    entered, _release = held_first_flush
+
+    async def scenario(_engine: AsyncEngine, db: DB) -> None:
+        group = GroupCommit(db)
+        in_flight = asyncio.create_task(group.store(acceptance_rows("gcinflight", "e1" * 20)))
+        await entered.wait()
+        queued = asyncio.create_task(group.store(acceptance_rows("gcqueued", "e2" * 20)))
+        while group.queued < 1:
+            await asyncio.sleep(0)
+        assert group._flusher is not None
+        group._flusher.cancel()
+        outcomes = await asyncio.gather(in_flight, queued, return_exceptions=True)
+        assert all(isinstance(outcome, DatabaseUnavailable) for outcome in outcomes), outcomes
+        assert await stored_addrs(db) == {}
+
+    run(database_settings, scenario)

@@ -79,12 +79,18 @@ class GroupCommit:
         await stored
 
     async def _flush_queue(self) -> None:
-        while self._queue:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: len(batch)]
-            batch = [acceptance for acceptance in batch if not acceptance.stored.done()]
-            if batch:
-                await self._flush(batch)
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: len(batch)]
+                batch = [acceptance for acceptance in batch if not acceptance.stored.done()]
+                if batch:
+                    await self._flush(batch)
+        finally:
+            # Only when cancelled (the queue is empty otherwise): nothing left waiting.
+            for acceptance in self._queue:
+                _fail(acceptance, asyncio.CancelledError())
+            self._queue.clear()
 
     async def _flush(self, batch: list[_Acceptance]) -> None:
         conflicts: list[sqlalchemy.exc.IntegrityError | None] = []
