@@ -125,6 +125,16 @@ def write_json(name: str, document: dict[str, Any]) -> Path:
 # -- processes -----------------------------------------------------------------------------
 
 
+def can_plot() -> bool:
+    """Whether matplotlib is installed (`make bench` installs it; a smoke run may lack it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no figure (pip install -e '.[bench]')", flush=True)
+        return False
+    return True
+
+
 def save_figure(figure: Any, path: Path, title: str) -> None:
     """Title, lay out, write and close a matplotlib figure."""
     import matplotlib.pyplot as plt
@@ -414,6 +424,7 @@ __all__ = [
     "ServerProcess",
     "Wrk",
     "WrkResult",
+    "can_plot",
     "command_line",
     "cpu_seconds",
     "free_port",

@@ -42,6 +42,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.models import PENDING, NameRecord, Registration
+from app.services.acceptance import GroupCommit
 from app.services.admission import Admission
 from app.services.hot_cache import HotCache
 from app.services.lookalikes import lookalike_taken
@@ -196,6 +197,8 @@ class NameService:
         # One lock per (folded name, Jami ID) being registered: identical copies queue.
         self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self._registering_users: Counter[tuple[str, str]] = Counter()
+        # Writes accepted registrations, several per fsync (app/services/acceptance.py).
+        self.acceptances = GroupCommit(sessionmaker)
         # Called after each accepted registration (the writer's wake-up).
         self.on_accepted: list[Callable[[], None]] = []
         # Set by the balance watch (app/metrics.py) while the signer cannot pay for one
@@ -423,9 +426,8 @@ class NameService:
             pending=True,
         )
         try:
-            async with session_scope(self.sessionmaker) as session, session.begin():
-                session.add(registration)
-                session.add(record)
+            # Durable on return, in a transaction shared with the acceptances of the moment.
+            await self.acceptances.store([registration, record])
         except sqlalchemy.exc.IntegrityError:
             # Another request claimed the name or the address between our check and
             # our insert: answer as if it had come first.
