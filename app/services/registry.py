@@ -43,7 +43,7 @@ from app.errors import (
 )
 from app.models import PENDING, NameRecord, Registration
 from app.services.admission import Admission
-from app.services.hot_cache import HotCache
+from app.services.answers import Answers, answer_bytes
 from app.services.lookalikes import lookalike_taken
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,8 @@ class NameView:
     owner: str
     publickey: str | None
     signature: str | None
-    pending: bool
     folded_name: str
-    # The cache generation the record was read at; None when it must not be cached.
+    # The answer cache's stamp taken before the read; None when it must not be kept.
     cache_token: int | None = None
 
     @property
@@ -81,6 +80,18 @@ class NameView:
         """Owned on chain with a zero address: taken (reserveFor refuses it), yet bound
         to no Jami ID."""
         return self.addr == ZERO_ADDRESS
+
+    def body(self) -> bytes:
+        """The `GET /name/{name}` answer, as the answer cache keeps it."""
+        # A name held on chain without an address is taken, and bound to no ID: "addr" ""
+        # (which a Jami client reads as "not found"; a registration of it answers 409).
+        addr = "" if self.held_without_address else "0x" + self.addr
+        answer: dict[str, str] = {"name": self.name, "addr": addr}
+        if self.publickey is not None:
+            answer["publickey"] = self.publickey
+        if self.signature is not None:
+            answer["signature"] = self.signature
+        return answer_bytes(answer)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,6 @@ def _view(record: NameRecord, cache_token: int | None) -> NameView:
         owner=record.owner,
         publickey=record.publickey or None,
         signature=record.signature or None,
-        pending=record.pending,
         folded_name=record.folded_name,
         # A pending record is never kept as final.
         cache_token=None if record.pending else cache_token,
@@ -192,7 +202,7 @@ class NameService:
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
         # Answer bodies of recent hits, served by app.api.hot_path without a database trip.
-        self.hot = HotCache(lookup_cache_seconds, negative_ttl=negative_cache_seconds)
+        self.answers = Answers(ttl=lookup_cache_seconds, negative_ttl=negative_cache_seconds)
         # One lock per (folded name, Jami ID) being registered: identical copies queue.
         self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self._registering_users: Counter[tuple[str, str]] = Counter()
@@ -216,9 +226,9 @@ class NameService:
         }
 
     def records_changed(self, folded_names: Iterable[str]) -> None:
-        """These names changed (on chain, or settled by the writer): drop what any cache
-        says of them."""
-        self.hot.forget_names(list(folded_names))
+        """These names changed (on chain, or settled by the writer): the workers' hook into
+        the answer cache's one invalidation entry point."""
+        self.answers.changed(folded_names=folded_names)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -230,30 +240,37 @@ class NameService:
         except names.BadName as exc:
             logger.debug("invalid name: %s", exc)
             raise InvalidName() from exc
-        since = self.hot.generation
+        stamp = self.answers.stamp()
         async with session_scope(self.sessionmaker) as session:
             record = await session.scalar(
                 select(NameRecord).where(NameRecord.folded_name == folded)
             )
         if record is not None:
             self.cache_counts["name", "hit"] += 1
-            return self._answerable(_view(record, since))
-        if folded in self.hot.missing_names:
+            return self._answerable(record, stamp)
+        if self.answers.name_missing(folded):
             self.cache_counts["name", "negative_hit"] += 1
             raise NameNotRegistered()
         self.cache_counts["name", "miss"] += 1
         found = await self._find_on_chain(name, folded)
         if found is None:
-            self.hot.add_missing_name(folded, since)
+            self.answers.keep_missing_name(folded, stamp)
             raise NameNotRegistered()
-        return self._answerable(_view(await self._fill(found), since))
+        return self._answerable(await self._fill(found), stamp)
 
-    def _answerable(self, view: NameView) -> NameView:
-        if view.pending and not self.serve_pending:
+    async def name_body(self, name: str) -> bytes:
+        """The `GET /name/{name}` answer body, kept in the answer cache when final."""
+        view = await self.lookup_name(name)
+        body = view.body()
+        self.answers.keep_name(view.folded_name, body, view.cache_token)
+        return body
+
+    def _answerable(self, record: NameRecord, stamp: int) -> NameView:
+        if record.pending and not self.serve_pending:
             # Another account may still bind this name first in the same block: a 200
             # now could be contradicted, and clients keep every 200 forever.
             raise RegistrationPending()
-        return view
+        return _view(record, stamp)
 
     async def lookup_addr(self, addr: str) -> AddrView:
         """The name bound to the Jami ID `addr`, only when looking that name up through
@@ -266,7 +283,7 @@ class NameService:
             raise InvalidAddress() from exc
         if jami_id == ZERO_ADDRESS:
             raise AddressNotRegistered()  # what a name held without an address has
-        since = self.hot.generation
+        stamp = self.answers.stamp()
         async with session_scope(self.sessionmaker) as session:
             candidates = [
                 record.name
@@ -274,24 +291,31 @@ class NameService:
                 if _proves_binding(record, jami_id)
             ]
         for candidate in candidates:
-            confirmed = await self._forward_gives(candidate, jami_id, since)
+            confirmed = await self._forward_gives(candidate, jami_id, stamp)
             if confirmed is not None:
                 self.cache_counts["addr", "hit"] += 1
                 return confirmed
-        if jami_id in self.hot.missing_addrs:
+        if self.answers.addr_missing(jami_id):
             self.cache_counts["addr", "negative_hit"] += 1
             raise AddressNotRegistered()
         self.cache_counts["addr", "miss"] += 1
         registrar = self._registrar()
         chain_name = (await registrar.view([], jami_id=jami_id)).reverse_name
         if chain_name is not None and chain_name not in candidates:
-            confirmed = await self._forward_gives(chain_name, jami_id, since)
+            confirmed = await self._forward_gives(chain_name, jami_id, stamp)
             if confirmed is not None:
                 return confirmed
-        self.hot.add_missing_addr(jami_id, since)
+        self.answers.keep_missing_addr(jami_id, stamp)
         raise AddressNotRegistered()
 
-    async def _forward_gives(self, name: str, jami_id: str, since: int) -> AddrView | None:
+    async def addr_body(self, addr: str) -> bytes:
+        """The `GET /addr/{addr}` answer body, kept in the answer cache when final."""
+        found = await self.lookup_addr(addr)
+        body = answer_bytes({"name": found.name})
+        self.answers.keep_addr(found.jami_id, body, found.cache_token)
+        return body
+
+    async def _forward_gives(self, name: str, jami_id: str, stamp: int) -> AddrView | None:
         """The reverse answer `name` when its forward lookup gives `jami_id`, else None."""
         try:
             forward = await self.lookup_name(name)
@@ -299,7 +323,7 @@ class NameService:
             return None
         if forward.addr != jami_id or forward.name != name:
             return None
-        return AddrView(name, jami_id, since if forward.cache_token is not None else None)
+        return AddrView(name, jami_id, stamp if forward.cache_token is not None else None)
 
     async def registration_status(self, name: str) -> RegistrationView:
         """What became of the latest registration of `name` accepted by this server."""
@@ -436,8 +460,7 @@ class NameService:
                 return
             raise NameTaken() from None
         logger.info("accepted %r for %s", name, jami_id)
-        self.hot.forget_names([folded])
-        self.hot.forget_addrs([jami_id])
+        self.answers.changed(folded_names=[folded], jami_ids=[jami_id])
         for callback in self.on_accepted:
             callback()
 
