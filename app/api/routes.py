@@ -14,7 +14,7 @@ from app.api.schemas import (
     OwnerAnswer,
     PublicKeyAnswer,
     RegisterAnswer,
-    RegistrationAnswer,
+    RegistrationStatus,
     SignatureAnswer,
     errors,
 )
@@ -164,7 +164,7 @@ async def get_addr(
 
 @router.get(
     "/registrations/{name:path}",
-    response_model=RegistrationAnswer,
+    response_model=RegistrationStatus,
     responses=errors(400, 404, 503),
     summary="What became of a registration this server accepted",
 )
@@ -172,15 +172,8 @@ async def get_registration(
     name: str,
     service: ServiceDep,
     raw_name: Annotated[str, Depends(registration_name_param)],
-) -> RegistrationAnswer:
-    view = await service.registration_status(raw_name)
-    return RegistrationAnswer(
-        name=view.name,
-        state=view.state,
-        tx=view.tx,
-        block=view.block,
-        reason=view.reason,
-    )
+) -> RegistrationStatus:
+    return await service.registration_status(raw_name)
 
 
 async def _read_body(request: Request) -> bytes:

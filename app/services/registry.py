@@ -45,6 +45,13 @@ from app.models import PENDING, NameRecord, Registration
 from app.services.admission import Admission
 from app.services.answers import Answers, answer_bytes
 from app.services.lookalikes import lookalike_taken
+from app.services.records import (
+    Claim,
+    RegistrationStatus,
+    chain_record,
+    new_registration,
+    pending_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +108,6 @@ class AddrView:
     name: str
     jami_id: str
     cache_token: int | None
-
-
-@dataclass(frozen=True)
-class RegistrationView:
-    name: str
-    state: str
-    tx: str | None
-    block: int | None
-    reason: str | None
 
 
 def _view(record: NameRecord, cache_token: int | None) -> NameView:
@@ -325,7 +323,7 @@ class NameService:
             return None
         return AddrView(name, jami_id, stamp if forward.cache_token is not None else None)
 
-    async def registration_status(self, name: str) -> RegistrationView:
+    async def registration_status(self, name: str) -> RegistrationStatus:
         """What became of the latest registration of `name` accepted by this server."""
         try:
             folded = names.check_lookup_name(name)
@@ -340,13 +338,7 @@ class NameService:
             )
         if registration is None:
             raise RegistrationNotFound()
-        return RegistrationView(
-            name=registration.name,
-            state=registration.state,
-            tx=registration.tx_hash,
-            block=registration.block,
-            reason=registration.reason,
-        )
+        return RegistrationStatus.of(registration)
 
     # -- registration -------------------------------------------------------------------
 
@@ -426,26 +418,16 @@ class NameService:
             self.admission.take(client or "unknown")
         token_taken = self.admission is not None
 
-        registration = Registration(
+        claim = Claim(
             name=name,
             folded_name=folded,
             addr=jami_id,
             owner=owner,
             publickey=request.publickey,
             signature=request.signature,
-            claim_name=folded,
-            claim_addr=jami_id,
-            state=PENDING,
         )
-        record = NameRecord(
-            name=name,
-            folded_name=folded,
-            addr=jami_id,
-            owner=owner,
-            publickey=request.publickey,
-            signature=request.signature,
-            pending=True,
-        )
+        registration = new_registration(claim)
+        record = pending_record(claim)
         try:
             async with session_scope(self.sessionmaker) as session, session.begin():
                 session.add(registration)
@@ -569,15 +551,7 @@ class NameService:
                 )
                 if existing is not None:
                     return existing
-                record = NameRecord(
-                    name=found.name,
-                    folded_name=folded,
-                    addr=found.addr,
-                    owner=found.owner,
-                    publickey=found.publickey or None,
-                    signature=found.signature or None,
-                    pending=False,
-                )
+                record = chain_record(found)
                 session.add(record)
                 return record
         except sqlalchemy.exc.IntegrityError:
