@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from app.api.docs import serve_offline_docs
-from app.api.hot_path import HotPathMiddleware
+from app.api.hot_path import HotPath, HotPathApp
 from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.chain.anvil import AnvilNode, AnvilNotFound, AnvilStartError, find_anvil, fund
@@ -427,7 +427,7 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.startup_error = f"cannot start: {exc}"
             raise
 
-    app = FastAPI(
+    app = HotPathApp(
         title="jamins",
         summary="A name server for Jami, backed by a registrar contract",
         version="0.1.0",
@@ -443,13 +443,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(JaminsError, handle_jamins_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_middleware(
-        HotPathMiddleware,
-        service=lambda: getattr(app.state, "service", None),
-        # Another process may accept a registration at any moment: then a "free" answer
-        # must look at SQL first, which the routes do.
-        serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
-    )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
@@ -460,5 +453,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestBoundsMiddleware)
     app.add_middleware(
         StartupErrorMiddleware, describe=lambda: getattr(app.state, "startup_error", None)
+    )
+    # Outside all of the above: cache hits answered before any of it runs.
+    app.hot_path = HotPath(
+        app.stack,
+        service=lambda: getattr(app.state, "service", None),
+        # Another process may accept a registration at any moment: then a "free" answer
+        # must look at SQL first, which the routes do.
+        serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
+        prefix=settings.path_prefix or "",
+        metrics=app.state.metrics,
     )
     return app
