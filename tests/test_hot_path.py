@@ -8,12 +8,30 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api.hot_path import ADDR_ROUTE, FLUSH_EVERY, NAME_ROUTE, NOT_FOUND_BODY, HotPath
+from app.db import NameRow
 from app.logs import request_id
 from app.metrics import Metrics
 from app.services.registry import NameService
 
 BODY = b'{"name":"alice","addr":"0x' + b"a" * 40 + b'"}'
 JAMI_ID = "b" * 40
+
+
+class FakeReader:
+    """SQL as app.db.LookupReader reads it, on the loop: rows by fold."""
+
+    sqlite_path = "fake"
+
+    def __init__(self) -> None:
+        self.rows = {
+            "carol": NameRow("Carol", "carol", "c" * 40, "0" * 40, "pk", "sig", False),
+            "dan": NameRow("dan", "dan", "d" * 40, "0" * 40, "pk", "sig", True),
+        }
+        self.reads: list[str] = []
+
+    async def name(self, folded: str) -> NameRow | None:
+        self.reads.append(folded)
+        return self.rows.get(folded)
 
 
 def make_service() -> NameService:
@@ -23,6 +41,7 @@ def make_service() -> NameService:
         negative_cache_seconds=5,
         registrations_enabled=False,
         lookup_cache_seconds=10,
+        reader=FakeReader(),  # type: ignore[arg-type]
     )
     answers = service.answers
     answers.keep_name("alice", BODY, answers.stamp())
@@ -185,3 +204,21 @@ def test_answers_are_counted_in_batches_without_other_requests() -> None:
         "jamins_http_requests_total", {"route": NAME_ROUTE, "method": "GET", "status": "200"}
     )
     assert value == FLUSH_EVERY
+
+
+def test_name_held_in_sql_is_answered_from_one_read_and_kept() -> None:
+    service = make_service()
+    hot_path, inner, metrics = make_hot_path(service)
+    expected = b'{"name":"Carol","addr":"0x' + b"c" * 40 + b'","publickey":"pk","signature":"sig"}'
+    assert call(hot_path, "/name/CAROL")[:3:2] == (200, expected)
+    assert call(hot_path, "/name/carol")[:3:2] == (200, expected)
+    assert service.reader.reads == ["carol"]  # type: ignore[attr-defined]
+    assert inner.paths == []
+    assert count(hot_path, metrics, NAME_ROUTE, "GET", "200") == 2
+
+
+def test_pending_name_in_sql_goes_to_the_stack() -> None:
+    """Only the route knows to answer a pending registration 503 (or serve it)."""
+    hot_path, inner, _ = make_hot_path(make_service())
+    assert call(hot_path, "/name/dan")[0] == 599
+    assert inner.paths == ["/name/dan"]

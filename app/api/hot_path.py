@@ -3,8 +3,9 @@
 `GET`/`HEAD /name/{name}` and `/addr/{addr}` whose answer is in the service's answer cache
 (app/services/answers.py) get its bytes straight away, and, when this process is the only
 one writing its database, a name the chain was just found not to hold (the negative cache,
-which is what an availability check asks at every keystroke) gets its 404. Anything else,
-or anything this cannot decide, goes on to the application unchanged.
+which is what an availability check asks at every keystroke) gets its 404. A name SQL
+holds is answered from one point read (app.db.LookupReader). Anything else, or anything
+this cannot decide, goes on to the application unchanged.
 
 It is the outermost ASGI app (app.main wraps the whole middleware stack in it), so it does
 itself, cheaply, what an operator relies on from the stack for the requests it answers: the
@@ -14,6 +15,7 @@ uvicorn writes while the answer is sent) and the per-route request count and lat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import names
+from app.errors import JaminsError
 from app.logs import given_or_new_request_id, request_id
 from app.middlewares import MAX_PATH_BYTES
 from app.services.registry import NameService
@@ -62,6 +65,7 @@ class HotPath:
         prefix: str = "",
         metrics: Metrics | None = None,
         max_path_bytes: int = MAX_PATH_BYTES,
+        read_timeout: float = 5.0,
     ) -> None:
         self.app = app
         self.service = service
@@ -69,6 +73,9 @@ class HotPath:
         self.prefix = prefix.encode()
         self.metrics = metrics
         self.max_path_bytes = max_path_bytes
+        # A read of SQL over the network gives up after this long (the stack then
+        # answers, within its own request timeout).
+        self.read_timeout = read_timeout
         # (route, method, status) -> (count child, latency child): labels() looks its
         # child up under a lock, once per request otherwise.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -87,6 +94,8 @@ class HotPath:
                 if service is not None:
                     started = time.perf_counter()
                     answer = self._answer(service, scope)
+                    if isinstance(answer, str):
+                        answer = await self._stored(service, answer)
                     if answer is not None:
                         await self._send(scope, send, method, started, *answer)
                         return
@@ -94,7 +103,8 @@ class HotPath:
             self.count_answers()
         await self.app(scope, receive, send)
 
-    def _answer(self, service: NameService, scope: Scope) -> tuple[str, int, bytes] | None:
+    def _answer(self, service: NameService, scope: Scope) -> tuple[str, int, bytes] | str | None:
+        """The answer from memory; or the fold of a name to read from SQL; or None."""
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         if len(raw) + len(scope.get("query_string", b"")) > self.max_path_bytes:
             return None  # the stack refuses it (400)
@@ -113,7 +123,7 @@ class HotPath:
             if self.serve_negative and answers.name_missing(folded):
                 service.cache_counts["name", "negative_hit"] += 1
                 return NAME_ROUTE, 404, NOT_FOUND_BODY
-            return None
+            return folded
         if raw.startswith(b"/addr/"):
             try:
                 jami_id = names.normalize_jami_id(names.decode_path_segment(raw[6:]))
@@ -124,6 +134,20 @@ class HotPath:
                 service.cache_counts["addr", "hit"] += 1
                 return ADDR_ROUTE, 200, body
         return None
+
+    async def _stored(self, service: NameService, folded: str) -> tuple[str, int, bytes] | None:
+        """A first lookup of a name SQL holds, answered here: the route would read the
+        same row at many times the cost. Anything else (not in SQL, pending, any error)
+        goes on to the stack, which decides and renders it."""
+        try:
+            if service.reader.sqlite_path is not None:
+                body = await service.stored_name_body(folded)  # never leaves the loop
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    body = await service.stored_name_body(folded)
+        except (JaminsError, TimeoutError):
+            return None
+        return None if body is None else (NAME_ROUTE, 200, body)
 
     async def _send(
         self,

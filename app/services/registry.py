@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
 from app.chain.registrar import ZERO_ADDRESS, ChainRecord, Registrar, servable
-from app.db import session_scope
+from app.db import LookupReader, NameRow, session_scope
 from app.errors import (
     AddressHasName,
     AddressNotRegistered,
@@ -110,7 +110,7 @@ class AddrView:
     cache_token: int | None
 
 
-def _view(record: NameRecord, cache_token: int | None) -> NameView:
+def _view(record: NameRecord | NameRow, cache_token: int | None) -> NameView:
     return NameView(
         name=record.name,
         addr=record.addr,
@@ -153,7 +153,7 @@ def _records_pointing_at(jami_id: str) -> Select[NameRecord]:
     )
 
 
-def _proves_binding(record: NameRecord, jami_id: str) -> bool:
+def _proves_binding(record: NameRecord | NameRow, jami_id: str) -> bool:
     """Whether a SQL row may speak for the ID it points at: accepted here (its proof was
     verified then), or its stored key is that ID's and signs that very name. A record's
     address alone proves nothing: a name's owner may set it to any ID (setAddress with
@@ -188,8 +188,11 @@ class NameService:
         admission: Admission | None = None,
         owner_address: str | None = None,
         serve_pending: bool = False,
+        reader: LookupReader | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Lookups' reads of the names table: a point read without an ORM session.
+        self._reader = reader
         # Whether lookups answer names whose registration is still pending: safe only
         # when no one but this server writes the registrar (see the README).
         self.serve_pending = serve_pending
@@ -215,6 +218,12 @@ class NameService:
         # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
         self.cache_counts: Counter[tuple[str, str]] = Counter()
 
+    @property
+    def reader(self) -> LookupReader:
+        if self._reader is None:
+            self._reader = LookupReader(self.sessionmaker.kw["bind"])
+        return self._reader
+
     def describe(self) -> dict[str, object]:
         """What /healthz shows: liveness and the registrar this server serves."""
         return {
@@ -239,10 +248,7 @@ class NameService:
             logger.debug("invalid name: %s", exc)
             raise InvalidName() from exc
         stamp = self.answers.stamp()
-        async with session_scope(self.sessionmaker) as session:
-            record = await session.scalar(
-                select(NameRecord).where(NameRecord.folded_name == folded)
-            )
+        record = await self.reader.name(folded)
         if record is not None:
             self.cache_counts["name", "hit"] += 1
             return self._answerable(record, stamp)
@@ -263,7 +269,21 @@ class NameService:
         self.answers.keep_name(view.folded_name, body, view.cache_token)
         return body
 
-    def _answerable(self, record: NameRecord, stamp: int) -> NameView:
+    async def stored_name_body(self, folded: str) -> bytes | None:
+        """The `GET /name/{name}` answer of the name folded as `folded` when SQL holds
+        it and it may be answered (kept in the answer cache when final); None otherwise,
+        for lookup_name to decide (the chain, the negative cache, a pending record)."""
+        stamp = self.answers.stamp()
+        record = await self.reader.name(folded)
+        if record is None or (record.pending and not self.serve_pending):
+            return None
+        self.cache_counts["name", "hit"] += 1
+        view = _view(record, stamp)
+        body = view.body()
+        self.answers.keep_name(folded, body, view.cache_token)
+        return body
+
+    def _answerable(self, record: NameRecord | NameRow, stamp: int) -> NameView:
         if record.pending and not self.serve_pending:
             # Another account may still bind this name first in the same block: a 200
             # now could be contradicted, and clients keep every 200 forever.
@@ -282,12 +302,11 @@ class NameService:
         if jami_id == ZERO_ADDRESS:
             raise AddressNotRegistered()  # what a name held without an address has
         stamp = self.answers.stamp()
-        async with session_scope(self.sessionmaker) as session:
-            candidates = [
-                record.name
-                for record in await session.scalars(_records_pointing_at(jami_id))
-                if _proves_binding(record, jami_id)
-            ]
+        candidates = [
+            record.name
+            for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES)
+            if _proves_binding(record, jami_id)
+        ]
         for candidate in candidates:
             confirmed = await self._forward_gives(candidate, jami_id, stamp)
             if confirmed is not None:
