@@ -33,9 +33,14 @@ class FakeReader:
         self.reads.append(folded)
         return self.rows.get(folded)
 
+    async def pointing_at(self, jami_id: str, limit: int) -> list[NameRow]:
+        rows = [row for row in self.rows.values() if row.addr == jami_id]
+        return sorted(rows, key=lambda row: (not row.pending, row.name))[:limit]
 
-def make_service() -> NameService:
+
+def make_service(*, serve_pending: bool = False) -> NameService:
     service = NameService(
+        serve_pending=serve_pending,
         sessionmaker=None,  # type: ignore[arg-type]
         registrar=None,
         negative_cache_seconds=5,
@@ -222,3 +227,40 @@ def test_pending_name_in_sql_goes_to_the_stack() -> None:
     hot_path, inner, _ = make_hot_path(make_service())
     assert call(hot_path, "/name/dan")[0] == 599
     assert inner.paths == ["/name/dan"]
+
+
+def test_first_lookup_that_raced_a_change_is_answered_but_not_kept() -> None:
+    """A read of SQL over the network yields; a write landing meanwhile (the indexer, a
+    registration) forgets the name: what the read saw may be answered, never kept."""
+    service = make_service()
+    reader: FakeReader = service.reader  # type: ignore[assignment]
+    read = reader.name
+
+    async def read_while_the_name_changes(folded: str) -> NameRow | None:
+        row = await read(folded)
+        service.answers.changed(folded_names=[folded])
+        return row
+
+    reader.name = read_while_the_name_changes  # type: ignore[method-assign]
+    hot_path, _, _ = make_hot_path(service)
+    assert call(hot_path, "/name/carol")[0] == 200
+    assert service.answers.name_body("carol") is None
+
+
+def test_id_a_pending_registration_in_sql_proves_is_answered_and_not_kept() -> None:
+    """Accepted here, its proof checked then: the only writer serves it, never keeps it."""
+    service = make_service(serve_pending=True)
+    hot_path, inner, _ = make_hot_path(service)
+    status, _, body, _ = call(hot_path, "/addr/" + "d" * 40)
+    assert (status, body) == (200, b'{"name":"dan"}')
+    assert service.answers.addr_body("d" * 40) is None
+    assert inner.paths == []
+
+
+def test_id_sql_cannot_decide_goes_to_the_stack() -> None:
+    hot_path, inner, _ = make_hot_path(make_service())
+    assert call(hot_path, "/addr/" + "d" * 40)[0] == 599  # pending, not served here
+    assert call(hot_path, "/addr/" + "c" * 40)[0] == 599  # a key that proves nothing
+    assert call(hot_path, "/addr/" + "e" * 40)[0] == 599  # nothing in SQL: the chain's
+    assert call(hot_path, "/addr/" + "0" * 40)[0] == 599
+    assert len(inner.paths) == 4

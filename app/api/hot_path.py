@@ -94,8 +94,8 @@ class HotPath:
                 if service is not None:
                     started = time.perf_counter()
                     answer = self._answer(service, scope)
-                    if isinstance(answer, str):
-                        answer = await self._stored(service, answer)
+                    if answer is not None and len(answer) == 2:
+                        answer = await self._stored(service, *answer)
                     if answer is not None:
                         await self._send(scope, send, method, started, *answer)
                         return
@@ -103,8 +103,10 @@ class HotPath:
             self.count_answers()
         await self.app(scope, receive, send)
 
-    def _answer(self, service: NameService, scope: Scope) -> tuple[str, int, bytes] | str | None:
-        """The answer from memory; or the fold of a name to read from SQL; or None."""
+    def _answer(
+        self, service: NameService, scope: Scope
+    ) -> tuple[str, int, bytes] | tuple[str, str] | None:
+        """The answer from memory; or (route, key) to read from SQL; or None."""
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         if len(raw) + len(scope.get("query_string", b"")) > self.max_path_bytes:
             return None  # the stack refuses it (400)
@@ -123,7 +125,7 @@ class HotPath:
             if self.serve_negative and answers.name_missing(folded):
                 service.cache_counts["name", "negative_hit"] += 1
                 return NAME_ROUTE, 404, NOT_FOUND_BODY
-            return folded
+            return NAME_ROUTE, folded
         if raw.startswith(b"/addr/"):
             try:
                 jami_id = names.normalize_jami_id(names.decode_path_segment(raw[6:]))
@@ -133,21 +135,26 @@ class HotPath:
             if body is not None:
                 service.cache_counts["addr", "hit"] += 1
                 return ADDR_ROUTE, 200, body
+            return ADDR_ROUTE, jami_id
         return None
 
-    async def _stored(self, service: NameService, folded: str) -> tuple[str, int, bytes] | None:
-        """A first lookup of a name SQL holds, answered here: the route would read the
-        same row at many times the cost. Anything else (not in SQL, pending, any error)
-        goes on to the stack, which decides and renders it."""
+    async def _stored(
+        self, service: NameService, route: str, key: str
+    ) -> tuple[str, int, bytes] | None:
+        """A first lookup SQL alone answers (a name it holds, an ID one of its names
+        proves), answered here: the route would read the same rows at many times the
+        cost. Anything else (not in SQL, pending, any error) goes on to the stack, which
+        decides and renders it."""
+        read = service.stored_name_body if route == NAME_ROUTE else service.stored_addr_body
         try:
             if service.reader.sqlite_path is not None:
-                body = await service.stored_name_body(folded)  # never leaves the loop
+                body = await read(key)  # never leaves the loop
             else:
                 async with asyncio.timeout(self.read_timeout):
-                    body = await service.stored_name_body(folded)
+                    body = await read(key)
         except (JaminsError, TimeoutError):
             return None
-        return None if body is None else (NAME_ROUTE, 200, body)
+        return None if body is None else (route, 200, body)
 
     async def _send(
         self,

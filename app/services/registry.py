@@ -283,6 +283,31 @@ class NameService:
         self.answers.keep_name(folded, body, view.cache_token)
         return body
 
+    async def stored_addr_body(self, jami_id: str) -> bytes | None:
+        """The `GET /addr/{addr}` answer of `jami_id` (40 lowercase hex) when SQL alone
+        decides it as lookup_addr would, kept when final; None when lookup_addr must
+        decide (the chain, the negative cache, a pending record, nothing proven)."""
+        if jami_id == ZERO_ADDRESS:
+            return None
+        stamp = self.answers.stamp()
+        for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES):
+            if not _proves_binding(record, jami_id):
+                continue
+            try:
+                folded = names.check_lookup_name(record.name)
+            except names.BadName:
+                continue  # as _forward_gives: a name no lookup gives is no answer
+            forward = await self.reader.name(folded)
+            if forward is None or (forward.pending and not self.serve_pending):
+                return None
+            if forward.addr != jami_id or forward.name != record.name:
+                continue
+            self.cache_counts["addr", "hit"] += 1
+            body = answer_bytes({"name": record.name})
+            self.answers.keep_addr(jami_id, body, None if forward.pending else stamp)
+            return body
+        return None
+
     def _answerable(self, record: NameRecord | NameRow, stamp: int) -> NameView:
         if record.pending and not self.serve_pending:
             # Another account may still bind this name first in the same block: a 200
