@@ -115,7 +115,7 @@ def test_bound_in_bytes_evicts_least_recently_used() -> None:
     answers.name_body("name0")  # used again: kept over the others
     for index in range(100, 200):
         answers.keep_name(f"name{index}", body, answers.stamp())
-    assert answers.names.size <= per_entry * 150
+    assert answers.names.entries.currsize <= per_entry * 150
     assert answers.name_body("name0") == body
     assert answers.name_body("name1") is None
     assert answers.name_body("name199") == body

@@ -81,10 +81,6 @@ class _Expiring:
     def clear(self) -> None:
         self.entries.clear()
 
-    @property
-    def size(self) -> float:
-        return self.entries.currsize
-
 
 # Folds of raw path segments: a segment longer than any valid name percent-encoded
 # (32 bytes, 3 characters each) is never kept, so distinct long paths cost nothing lasting.
