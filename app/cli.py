@@ -245,13 +245,7 @@ async def _status(settings: Settings, name: str) -> dict[str, Any] | None:
         return None
     finally:
         await engine.dispose()
-    return {
-        "name": view.name,
-        "state": view.state,
-        "tx": view.tx,
-        "block": view.block,
-        "reason": view.reason,
-    }
+    return view.model_dump()
 
 
 @cli.command()

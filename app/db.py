@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy.exc
 from alembic import command
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 from app.errors import DatabaseUnavailable
-from app.models import Meta
+from app.models import Meta, NameRecord
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -125,9 +126,16 @@ async def session_scope(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """A session whose connection failures surface as DatabaseUnavailable (503)."""
-    try:
+    with _unavailable_on_failure():
         async with sessionmaker() as session:
             yield session
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    """Connection failures (not bugs, not constraint violations) as DatabaseUnavailable."""
+    try:
+        yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         logger.warning("database error: %s", exc.__class__.__name__)
         raise DatabaseUnavailable() from exc
@@ -139,6 +147,125 @@ async def session_scope(
         # sqlalchemy.exc.TimeoutError (the pool is full) is not the builtin TimeoutError.
         logger.warning("database error: %s", exc.__class__.__name__)
         raise DatabaseUnavailable() from exc
+
+
+# -- the lookup read path -------------------------------------------------------------
+
+
+class NameRow(NamedTuple):
+    """The columns of a `names` row a lookup needs."""
+
+    name: str
+    folded_name: str
+    addr: str
+    owner: str
+    publickey: str | None
+    signature: str | None
+    pending: bool
+
+
+_COLUMNS = (
+    NameRecord.name,
+    NameRecord.folded_name,
+    NameRecord.addr,
+    NameRecord.owner,
+    NameRecord.publickey,
+    NameRecord.signature,
+    NameRecord.pending,
+)
+_SQL_COLUMNS = "name, folded_name, addr, owner, publickey, signature, pending"
+# Rows pointing at one ID, in a fixed order (answers must not flip): pending rows first.
+_POINTING_ORDER = "pending DESC, name"
+
+
+class LookupReader:
+    """Point reads of the names table for lookups, without an ORM session.
+
+    On PostgreSQL a Core select of the needed columns on a pooled connection (psycopg
+    prepares a statement the connection runs repeatedly). On SQLite the read runs on the
+    event loop itself, on one stdlib connection per process: an indexed point read in WAL
+    mode takes microseconds, less than handing it to aiosqlite's thread and back, and a
+    WAL reader does not wait on the writer. Should SQLite answer busy (a checkpoint), the
+    read goes the async way instead of blocking the loop.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        path = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.sqlite_path = path if path and path != ":memory:" else None
+        self._sqlite: sqlite3.Connection | None = None
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        if self._sqlite is None:
+            assert self.sqlite_path is not None
+            connection = sqlite3.connect(
+                self.sqlite_path,
+                # Only ever used from the event loop's thread; the check is for a
+                # connection shared between threads, which this is not.
+                check_same_thread=False,
+                timeout=SQLITE_LOOP_READ_TIMEOUT,
+                isolation_level=None,
+            )
+            connection.execute("PRAGMA query_only=ON")
+            self._sqlite = connection
+        return self._sqlite
+
+    def _read_sqlite(self, sql: str, parameters: tuple[str, ...]) -> list[NameRow] | None:
+        """The rows, or None when SQLite could not answer at once (then read async)."""
+        try:
+            rows = self._sqlite_connection().execute(sql, parameters).fetchall()
+        except sqlite3.Error as exc:
+            logger.debug("read on the loop failed (%s): reading through the engine", exc)
+            self.close()
+            return None
+        return [
+            NameRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
+        ]
+
+    async def name(self, folded: str) -> NameRow | None:
+        """The row whose fold is `folded`."""
+        if self.sqlite_path is not None:
+            rows = self._read_sqlite(
+                f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?", (folded,)
+            )
+            if rows is not None:
+                return rows[0] if rows else None
+        rows = await self._read_core(
+            select(*_COLUMNS).where(NameRecord.folded_name == folded).limit(1)
+        )
+        return rows[0] if rows else None
+
+    async def pointing_at(self, jami_id: str, limit: int) -> list[NameRow]:
+        """Up to `limit` rows whose address is `jami_id`, pending first, then by name."""
+        if self.sqlite_path is not None:
+            rows = self._read_sqlite(
+                f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
+                f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
+                (jami_id,),
+            )
+            if rows is not None:
+                return rows
+        return await self._read_core(
+            select(*_COLUMNS)
+            .where(NameRecord.addr == jami_id)
+            .order_by(NameRecord.pending.desc(), NameRecord.name)
+            .limit(limit)
+        )
+
+    async def _read_core(self, statement: Any) -> list[NameRow]:
+        with _unavailable_on_failure():
+            async with self.engine.connect() as connection:
+                result = await connection.execute(statement)
+                return [NameRow(*row) for row in result]
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
+
+# A read on the event loop waits at most this long for a lock before going async.
+SQLITE_LOOP_READ_TIMEOUT = 0.005
 
 
 async def get_meta(session: AsyncSession, key: str) -> str | None:

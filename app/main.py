@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.api.docs import openapi_without_422, serve_offline_docs
 from app.api.errors import install_error_handlers
-from app.api.hot_path import HotPathMiddleware
+from app.api.hot_path import HotPath, HotPathApp
 from app.api.ops import router as ops_router
 from app.api.routes import router
 from app.logs import RequestIdMiddleware, configure_logging
@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
     `provisioned`: a provisioning step already ran for these settings (`jamins serve`),
     so the lifespan only reads what it recorded; else the lifespan provisions itself."""
     state = ServerState(settings)
-    app = FastAPI(
+    app = HotPathApp(
         title="jamins",
         summary="A name server for Jami, backed by a registrar contract",
         version="0.1.0",
@@ -65,13 +65,6 @@ def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
     app.include_router(ops_router)
     serve_offline_docs(app)
     install_error_handlers(app)
-    app.add_middleware(
-        HotPathMiddleware,
-        service=state.service_or_none,
-        # Another process may accept a registration at any moment: then a "free" answer
-        # must look at SQL first, which the routes do.
-        serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
-    )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
@@ -81,4 +74,14 @@ def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
     # Outermost: nothing is kept for a request this refuses.
     app.add_middleware(RequestBoundsMiddleware)
     app.add_middleware(StartupErrorMiddleware, describe=state.describe_startup_error)
+    # Outside all of the above: cache hits answered before any of it runs.
+    app.hot_path = HotPath(
+        app.stack,
+        service=state.service_or_none,
+        # Another process may accept a registration at any moment: then a "free" answer
+        # must look at SQL first, which the routes do.
+        serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
+        prefix=settings.path_prefix or "",
+        metrics=state.metrics,
+    )
     return app

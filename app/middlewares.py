@@ -2,7 +2,9 @@
 
 Order (outermost first, see app.main.create_app): RequestBoundsMiddleware refuses what is
 too large before anything else keeps state for the request; HeadMiddleware turns HEAD into
-a GET without a body; then request ids, metrics, the timeout and the hot path.
+a GET without a body; then request ids, metrics and the timeout. The hot path
+(app.api.hot_path) is outside them all: it answers what it can before any of them runs,
+doing their cheap parts itself.
 """
 
 from __future__ import annotations

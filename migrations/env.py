@@ -16,6 +16,8 @@ try:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            # A column whose type changed in the models is a difference, not silence.
+            compare_type=True,
         )
         with context.begin_transaction():
             context.run_migrations()

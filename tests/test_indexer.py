@@ -16,8 +16,9 @@ from app.chain.client import ChainClient
 from app.chain.registrar import Registrar
 from app.db import make_async_engine, make_sessionmaker, make_sync_engine, migrate
 from app.models import NameRecord
+from app.services.records import skipped_chain_names
 from app.settings import Settings
-from app.workers.indexer import Indexer, skipped_chain_names
+from app.workers.indexer import Indexer
 from tests.chain_tools import DirectRecord, DirectWriter, rpc
 from tests.conftest import ChainNode, funded_key, unique_name
 from tests.pg import PostgresServer

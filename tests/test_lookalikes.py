@@ -24,9 +24,9 @@ from app.models import NameRecord
 from app.names import fold, name_skeleton
 from app.services import registry
 from app.services.lookalikes import lookalike_taken
+from app.services.records import apply_records
 from app.services.registry import NameService, RegistrationRequest
 from app.settings import Settings
-from app.workers.indexer import apply_records
 from tests.fake_chain import REGISTRAR, FakeNode
 from tests.jami_keys import account_pool
 from tests.pg import PostgresServer

@@ -1,110 +1,228 @@
-"""Answers the commonest requests without going through routing, validation or SQL.
+"""Answers the commonest requests before anything else runs.
 
-`GET /name/{name}` and `GET /addr/{addr}` whose answer is in the service's HotCache get
-its bytes straight away, and, when this process is the only one writing its database, a
-name the chain was just found not to hold (the negative cache, which is what an
-availability check asks at every keystroke) gets its 404. Anything else, or anything this
-cannot decide, goes on to the application unchanged.
+`GET`/`HEAD /name/{name}` and `/addr/{addr}` whose answer is in the service's answer cache
+(app/services/answers.py) get its bytes straight away, and, when this process is the only
+one writing its database, a name the chain was just found not to hold (the negative cache,
+which is what an availability check asks at every keystroke) gets its 404. A name SQL
+holds is answered from one point read (app.db.LookupReader). Anything else, or anything
+this cannot decide, goes on to the application unchanged.
+
+It is the outermost ASGI app (app.main wraps the whole middleware stack in it), so it does
+itself, cheaply, what an operator relies on from the stack for the requests it answers: the
+path prefix, the path bound, HEAD, the request id (X-Request-ID, and on the access line
+uvicorn writes while the answer is sent) and the per-route request count and latency.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
-from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import names
+from app.errors import JaminsError
+from app.logs import given_or_new_request_id, request_id
+from app.middlewares import MAX_PATH_BYTES
 from app.services.registry import NameService
 
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+
 NOT_FOUND_BODY = b'{"error":"name not registered"}'
-# What routing would have put in scope["route"]: the metrics label requests by its path.
-_ROUTES = {
-    "name": SimpleNamespace(path="/name/{name:path}"),
-    "addr": SimpleNamespace(path="/addr/{addr:path}"),
-}
+NAME_ROUTE = "/name/{name:path}"
+ADDR_ROUTE = "/addr/{addr:path}"
 _JSON = (b"content-type", b"application/json")
-# The memo is bounded by entries and by bytes; a segment longer than any valid name
-# percent-encoded (32 bytes, 3 characters each) is never kept, so a client sending
-# distinct long paths costs nothing that lasts.
-_MEMO_LIMIT = 20_000
-_MEMO_MAX_BYTES = 4 * 1024 * 1024
-_MEMO_MAX_SEGMENT = 3 * names.MAX_BYTES
+FLUSH_EVERY = 256
+FLUSH_SECONDS = 1.0
 
 
-class HotPathMiddleware:
+def _fold(segment: bytes) -> str | None:
+    """The fold of a raw `/name/` path segment; None when it is not a name to look up."""
+    try:
+        return names.check_lookup_name(names.decode_path_segment(segment))
+    except names.BadName:
+        return None
+
+
+class HotPath:
+    """The ASGI app around `app` that answers answer-cache hits itself.
+
+    `service` gives the running NameService (None before the lifespan built it);
+    `serve_negative` whether a cached "free" may be answered without SQL (only when no
+    other process writes the database); `prefix` the API's path prefix (served at the root
+    too); `metrics` where the per-route request count and latency go."""
+
     def __init__(
         self,
         app: ASGIApp,
+        *,
         service: Callable[[], NameService | None],
-        serve_negative: bool = True,
+        serve_negative: bool,
+        prefix: str = "",
+        metrics: Metrics | None = None,
+        max_path_bytes: int = MAX_PATH_BYTES,
+        read_timeout: float = 5.0,
     ) -> None:
         self.app = app
         self.service = service
         self.serve_negative = serve_negative
-        # Raw path segment -> fold (or None when invalid), so repeated lookups skip the
-        # name policy's per-character checks.
-        self._folds: dict[bytes, str | None] = {}
-        self._folds_bytes = 0
+        self.prefix = prefix.encode()
+        self.metrics = metrics
+        self.max_path_bytes = max_path_bytes
+        # A read of SQL over the network gives up after this long (the stack then
+        # answers, within its own request timeout).
+        self.read_timeout = read_timeout
+        # (route, method, status) -> (count child, latency child): labels() looks its
+        # child up under a lock, once per request otherwise.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Answers not yet counted in `metrics`: a counter and a histogram update take a
+        # lock each, a list append does not. Counted before any request goes on to the
+        # stack (a scrape of /metrics is one), every FLUSH_EVERY answers, and at least
+        # every FLUSH_SECONDS while answers come.
+        self._uncounted: list[tuple[str, str, int, float]] = []
+        self._counted_at = time.perf_counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            service = self.service()
-            raw: bytes = scope.get("raw_path") or scope["path"].encode()
-            if service is not None:
-                answer = self._answer(service, raw)
-                if answer is not None:
-                    kind, status, body = answer
-                    scope["route"] = _ROUTES[kind]
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": [_JSON, (b"content-length", str(len(body)).encode())],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
-                    return
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "GET" or method == "HEAD":
+                service = self.service()
+                if service is not None:
+                    started = time.perf_counter()
+                    answer = self._answer(service, scope)
+                    if answer is not None and len(answer) == 2:
+                        answer = await self._stored(service, *answer)
+                    if answer is not None:
+                        await self._send(scope, send, method, started, *answer)
+                        return
+        if self._uncounted:
+            self.count_answers()
         await self.app(scope, receive, send)
 
-    def _answer(self, service: NameService, raw: bytes) -> tuple[str, int, bytes] | None:
+    def _answer(
+        self, service: NameService, scope: Scope
+    ) -> tuple[str, int, bytes] | tuple[str, str] | None:
+        """The answer from memory; or (route, key) to read from SQL; or None."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        if len(raw) + len(scope.get("query_string", b"")) > self.max_path_bytes:
+            return None  # the stack refuses it (400)
+        prefix = self.prefix
+        if prefix and raw.startswith(prefix) and raw[len(prefix) : len(prefix) + 1] == b"/":
+            raw = raw[len(prefix) :]
         if raw.startswith(b"/name/"):
-            folded = self._fold(raw[6:])
+            answers = service.answers
+            folded = answers.fold(raw[6:], _fold)
             if folded is None:
                 return None
-            body = service.hot.names.get(folded)
+            body = answers.name_body(folded)
             if body is not None:
                 service.cache_counts["name", "hit"] += 1
-                return "name", 200, body
-            if self.serve_negative and folded in service.hot.missing_names:
+                return NAME_ROUTE, 200, body
+            if self.serve_negative and answers.name_missing(folded):
                 service.cache_counts["name", "negative_hit"] += 1
-                return "name", 404, NOT_FOUND_BODY
-            return None
+                return NAME_ROUTE, 404, NOT_FOUND_BODY
+            return NAME_ROUTE, folded
         if raw.startswith(b"/addr/"):
             try:
                 jami_id = names.normalize_jami_id(names.decode_path_segment(raw[6:]))
             except (names.BadName, names.BadAddress):
                 return None
-            body = service.hot.addrs.get(jami_id)
+            body = service.answers.addr_body(jami_id)
             if body is not None:
                 service.cache_counts["addr", "hit"] += 1
-                return "addr", 200, body
+                return ADDR_ROUTE, 200, body
+            return ADDR_ROUTE, jami_id
         return None
 
-    def _fold(self, segment: bytes) -> str | None:
-        if segment in self._folds:
-            return self._folds[segment]
-        folded: str | None
+    async def _stored(
+        self, service: NameService, route: str, key: str
+    ) -> tuple[str, int, bytes] | None:
+        """A first lookup SQL alone answers (a name it holds, an ID one of its names
+        proves), answered here: the route would read the same rows at many times the
+        cost. Anything else (not in SQL, pending, any error) goes on to the stack, which
+        decides and renders it."""
+        read = service.stored_name_body if route == NAME_ROUTE else service.stored_addr_body
         try:
-            folded = names.check_lookup_name(names.decode_path_segment(segment))
-        except names.BadName:
-            folded = None
-        if len(segment) > _MEMO_MAX_SEGMENT:
-            return folded
-        size = len(segment) + len(folded or "") * 4
-        if len(self._folds) >= _MEMO_LIMIT or self._folds_bytes + size > _MEMO_MAX_BYTES:
-            self._folds.clear()
-            self._folds_bytes = 0
-        self._folds[segment] = folded
-        self._folds_bytes += size
-        return folded
+            if service.reader.sqlite_path is not None:
+                body = await read(key)  # never leaves the loop
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    body = await read(key)
+        except (JaminsError, TimeoutError):
+            return None
+        return None if body is None else (route, 200, body)
+
+    async def _send(
+        self,
+        scope: Scope,
+        send: Send,
+        method: str,
+        started: float,
+        route: str,
+        status: int,
+        body: bytes,
+    ) -> None:
+        current = given_or_new_request_id(scope.get("headers") or [])
+        # Set while the answer is sent: uvicorn writes the access line from within send().
+        token = request_id.set(current)
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        _JSON,
+                        (b"content-length", str(len(body)).encode()),
+                        (b"x-request-id", current.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body if method == "GET" else b""})
+        finally:
+            request_id.reset(token)
+            if self.metrics is not None:
+                ended = time.perf_counter()
+                self._uncounted.append((route, method, status, ended - started))
+                if len(self._uncounted) >= FLUSH_EVERY or ended - self._counted_at > FLUSH_SECONDS:
+                    self.count_answers()
+
+    def count_answers(self) -> None:
+        """Put the answers given since the last call into the request metrics."""
+        uncounted, self._uncounted = self._uncounted, []
+        self._counted_at = time.perf_counter()
+        if self.metrics is None:
+            return
+        for route, method, status, seconds in uncounted:
+            key = (route, method, status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    self.metrics.requests.labels(route, method, str(status)),
+                    self.metrics.latency.labels(route, method),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(seconds)
+
+
+class HotPathApp(FastAPI):
+    """A FastAPI app whose `hot_path`, once set, sees every request before the app's own
+    middleware stack (which FastAPI's add_middleware can only put inside its own error
+    and body-limit layers)."""
+
+    hot_path: HotPath | None = None
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app without its hot path: what HotPath hands the rest to."""
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot_path = self.hot_path
+        if hot_path is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await hot_path(scope, receive, send)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -15,7 +14,7 @@ from app.api.schemas import (
     OwnerAnswer,
     PublicKeyAnswer,
     RegisterAnswer,
-    RegistrationAnswer,
+    RegistrationStatus,
     SignatureAnswer,
     errors,
 )
@@ -119,18 +118,7 @@ async def get_signature(name: NamePath, request: Request, service: ServiceDep) -
 async def get_name(
     name: str, service: ServiceDep, raw_name: Annotated[str, Depends(lookup_name_param)]
 ) -> Response:
-    record = await service.lookup_name(raw_name)
-    # A name held on chain without an address is taken, and bound to no ID: "addr" ""
-    # (which a Jami client reads as "not found"; a registration of it answers 409).
-    addr = "" if record.held_without_address else "0x" + record.addr
-    answer: dict[str, str] = {"name": record.name, "addr": addr}
-    if record.publickey is not None:
-        answer["publickey"] = record.publickey
-    if record.signature is not None:
-        answer["signature"] = record.signature
-    body = _json_bytes(answer)
-    service.hot.put_name(record.folded_name, body, record.cache_token)
-    return Response(body, media_type="application/json")
+    return Response(await service.name_body(raw_name), media_type="application/json")
 
 
 @router.post(
@@ -171,15 +159,12 @@ async def post_name(
 async def get_addr(
     addr: str, service: ServiceDep, raw_addr: Annotated[str, Depends(addr_param)]
 ) -> Response:
-    found = await service.lookup_addr(raw_addr)
-    body = _json_bytes({"name": found.name})
-    service.hot.put_addr(found.jami_id, body, found.cache_token)
-    return Response(body, media_type="application/json")
+    return Response(await service.addr_body(raw_addr), media_type="application/json")
 
 
 @router.get(
     "/registrations/{name:path}",
-    response_model=RegistrationAnswer,
+    response_model=RegistrationStatus,
     responses=errors(400, 404, 503),
     summary="What became of a registration this server accepted",
 )
@@ -187,20 +172,8 @@ async def get_registration(
     name: str,
     service: ServiceDep,
     raw_name: Annotated[str, Depends(registration_name_param)],
-) -> RegistrationAnswer:
-    view = await service.registration_status(raw_name)
-    return RegistrationAnswer(
-        name=view.name,
-        state=view.state,
-        tx=view.tx,
-        block=view.block,
-        reason=view.reason,
-    )
-
-
-def _json_bytes(answer: dict[str, str]) -> bytes:
-    """The body as Starlette's JSONResponse would write it."""
-    return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+) -> RegistrationStatus:
+    return await service.registration_status(raw_name)
 
 
 async def _read_body(request: Request) -> bytes:

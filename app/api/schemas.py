@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+# One definition of the registration status, shared with `jamins status`.
+from app.services.records import RegistrationStatus as RegistrationStatus
+
 
 class NameAnswer(BaseModel):
     name: str = Field(description="The registered name, byte for byte as signed.")
@@ -35,14 +38,6 @@ class SignatureAnswer(BaseModel):
 
 class RegisterAnswer(BaseModel):
     success: Literal[True] = True
-
-
-class RegistrationAnswer(BaseModel):
-    name: str
-    state: Literal["pending", "confirmed", "failed"]
-    tx: str | None = Field(description="Hash of the latest reserveFor transaction.")
-    block: int | None = Field(description="Block that decided the outcome.")
-    reason: str | None = Field(description="Why it failed.")
 
 
 class ErrorAnswer(BaseModel):

@@ -8,10 +8,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import rlp
 from eth_abi.abi import decode as abi_decode
+from eth_typing import HexAddress, HexStr
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
+from web3.types import Nonce
+from web3.utils.address import get_create_address
 
 from app.chain.client import ChainClient, ChainRejected
 from app.errors import ChainUnavailable
@@ -243,8 +245,7 @@ def _string_result(result: str) -> str:
 
 def create_address(deployer: str, nonce: int) -> str:
     """Where a contract deployed by `deployer` with `nonce` lands (CREATE): 0x + 40 hex."""
-    digest = keccak(rlp.encode([bytes.fromhex(_hex40(deployer)), nonce]))
-    return "0x" + digest[12:].hex()
+    return get_create_address(HexAddress(HexStr("0x" + _hex40(deployer))), Nonce(nonce)).lower()
 
 
 def deployment_data() -> str:

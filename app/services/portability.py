@@ -21,7 +21,13 @@ from app import names, proofs
 from app.chain.registrar import ChainRecord, Registrar
 from app.db import session_scope
 from app.models import PENDING, NameRecord, Registration
-from app.workers.indexer import apply_records, skipped_chain_names
+from app.services.records import (
+    Claim,
+    apply_records,
+    new_registration,
+    pending_record,
+    skipped_chain_names,
+)
 
 
 class NamesFileError(ValueError):
@@ -299,32 +305,17 @@ async def _queue_one(sessionmaker: async_sessionmaker[AsyncSession], entry: Name
     folded = names.fold(entry.name)
     try:
         async with session_scope(sessionmaker) as session, session.begin():
-            session.add(
-                Registration(
-                    name=entry.name,
-                    folded_name=folded,
-                    addr=entry.addr,
-                    owner=entry.owner,
-                    publickey=entry.publickey,
-                    signature=entry.signature,
-                    claim_name=folded,
-                    claim_addr=entry.addr,
-                    state=PENDING,
-                )
+            claim = Claim(
+                name=entry.name,
+                folded_name=folded,
+                addr=entry.addr,
+                owner=entry.owner,
+                publickey=entry.publickey,
+                signature=entry.signature,
             )
-            existing = await session.get(NameRecord, entry.name)
-            if existing is None:
-                session.add(
-                    NameRecord(
-                        name=entry.name,
-                        folded_name=folded,
-                        addr=entry.addr,
-                        owner=entry.owner,
-                        publickey=entry.publickey or None,
-                        signature=entry.signature or None,
-                        pending=True,
-                    )
-                )
+            session.add(new_registration(claim))
+            if await session.get(NameRecord, entry.name) is None:
+                session.add(pending_record(claim))
     except sqlalchemy.exc.IntegrityError:
         return False
     return True

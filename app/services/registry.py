@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
 from app.chain.registrar import ZERO_ADDRESS, ChainRecord, Registrar, servable
-from app.db import session_scope
+from app.db import LookupReader, NameRow, session_scope
 from app.errors import (
     AddressHasName,
     AddressNotRegistered,
@@ -44,8 +44,15 @@ from app.errors import (
 from app.models import PENDING, NameRecord, Registration
 from app.services.acceptance import GroupCommit
 from app.services.admission import Admission
-from app.services.hot_cache import HotCache
+from app.services.answers import Answers, answer_bytes
 from app.services.lookalikes import lookalike_taken
+from app.services.records import (
+    Claim,
+    RegistrationStatus,
+    chain_record,
+    new_registration,
+    pending_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +79,8 @@ class NameView:
     owner: str
     publickey: str | None
     signature: str | None
-    pending: bool
     folded_name: str
-    # The cache generation the record was read at; None when it must not be cached.
+    # The answer cache's stamp taken before the read; None when it must not be kept.
     cache_token: int | None = None
 
     @property
@@ -82,6 +88,18 @@ class NameView:
         """Owned on chain with a zero address: taken (reserveFor refuses it), yet bound
         to no Jami ID."""
         return self.addr == ZERO_ADDRESS
+
+    def body(self) -> bytes:
+        """The `GET /name/{name}` answer, as the answer cache keeps it."""
+        # A name held on chain without an address is taken, and bound to no ID: "addr" ""
+        # (which a Jami client reads as "not found"; a registration of it answers 409).
+        addr = "" if self.held_without_address else "0x" + self.addr
+        answer: dict[str, str] = {"name": self.name, "addr": addr}
+        if self.publickey is not None:
+            answer["publickey"] = self.publickey
+        if self.signature is not None:
+            answer["signature"] = self.signature
+        return answer_bytes(answer)
 
 
 @dataclass(frozen=True)
@@ -93,23 +111,13 @@ class AddrView:
     cache_token: int | None
 
 
-@dataclass(frozen=True)
-class RegistrationView:
-    name: str
-    state: str
-    tx: str | None
-    block: int | None
-    reason: str | None
-
-
-def _view(record: NameRecord, cache_token: int | None) -> NameView:
+def _view(record: NameRecord | NameRow, cache_token: int | None) -> NameView:
     return NameView(
         name=record.name,
         addr=record.addr,
         owner=record.owner,
         publickey=record.publickey or None,
         signature=record.signature or None,
-        pending=record.pending,
         folded_name=record.folded_name,
         # A pending record is never kept as final.
         cache_token=None if record.pending else cache_token,
@@ -146,7 +154,7 @@ def _records_pointing_at(jami_id: str) -> Select[NameRecord]:
     )
 
 
-def _proves_binding(record: NameRecord, jami_id: str) -> bool:
+def _proves_binding(record: NameRecord | NameRow, jami_id: str) -> bool:
     """Whether a SQL row may speak for the ID it points at: accepted here (its proof was
     verified then), or its stored key is that ID's and signs that very name. A record's
     address alone proves nothing: a name's owner may set it to any ID (setAddress with
@@ -181,8 +189,11 @@ class NameService:
         admission: Admission | None = None,
         owner_address: str | None = None,
         serve_pending: bool = False,
+        reader: LookupReader | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Lookups' reads of the names table: a point read without an ORM session.
+        self._reader = reader
         # Whether lookups answer names whose registration is still pending: safe only
         # when no one but this server writes the registrar (see the README).
         self.serve_pending = serve_pending
@@ -193,7 +204,7 @@ class NameService:
         self.registrar = registrar
         self.registrations_enabled = registrations_enabled
         # Answer bodies of recent hits, served by app.api.hot_path without a database trip.
-        self.hot = HotCache(lookup_cache_seconds, negative_ttl=negative_cache_seconds)
+        self.answers = Answers(ttl=lookup_cache_seconds, negative_ttl=negative_cache_seconds)
         # One lock per (folded name, Jami ID) being registered: identical copies queue.
         self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self._registering_users: Counter[tuple[str, str]] = Counter()
@@ -210,6 +221,12 @@ class NameService:
         # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
         self.cache_counts: Counter[tuple[str, str]] = Counter()
 
+    @property
+    def reader(self) -> LookupReader:
+        if self._reader is None:
+            self._reader = LookupReader(self.sessionmaker.kw["bind"])
+        return self._reader
+
     def describe(self) -> dict[str, object]:
         """What /healthz shows: liveness and the registrar this server serves."""
         return {
@@ -219,9 +236,9 @@ class NameService:
         }
 
     def records_changed(self, folded_names: Iterable[str]) -> None:
-        """These names changed (on chain, or settled by the writer): drop what any cache
-        says of them."""
-        self.hot.forget_names(list(folded_names))
+        """These names changed (on chain, or settled by the writer): the workers' hook into
+        the answer cache's one invalidation entry point."""
+        self.answers.changed(folded_names=folded_names)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -233,30 +250,73 @@ class NameService:
         except names.BadName as exc:
             logger.debug("invalid name: %s", exc)
             raise InvalidName() from exc
-        since = self.hot.generation
-        async with session_scope(self.sessionmaker) as session:
-            record = await session.scalar(
-                select(NameRecord).where(NameRecord.folded_name == folded)
-            )
+        stamp = self.answers.stamp()
+        record = await self.reader.name(folded)
         if record is not None:
             self.cache_counts["name", "hit"] += 1
-            return self._answerable(_view(record, since))
-        if folded in self.hot.missing_names:
+            return self._answerable(record, stamp)
+        if self.answers.name_missing(folded):
             self.cache_counts["name", "negative_hit"] += 1
             raise NameNotRegistered()
         self.cache_counts["name", "miss"] += 1
         found = await self._find_on_chain(name, folded)
         if found is None:
-            self.hot.add_missing_name(folded, since)
+            self.answers.keep_missing_name(folded, stamp)
             raise NameNotRegistered()
-        return self._answerable(_view(await self._fill(found), since))
+        return self._answerable(await self._fill(found), stamp)
 
-    def _answerable(self, view: NameView) -> NameView:
-        if view.pending and not self.serve_pending:
+    async def name_body(self, name: str) -> bytes:
+        """The `GET /name/{name}` answer body, kept in the answer cache when final."""
+        view = await self.lookup_name(name)
+        body = view.body()
+        self.answers.keep_name(view.folded_name, body, view.cache_token)
+        return body
+
+    async def stored_name_body(self, folded: str) -> bytes | None:
+        """The `GET /name/{name}` answer of the name folded as `folded` when SQL holds
+        it and it may be answered (kept in the answer cache when final); None otherwise,
+        for lookup_name to decide (the chain, the negative cache, a pending record)."""
+        stamp = self.answers.stamp()
+        record = await self.reader.name(folded)
+        if record is None or (record.pending and not self.serve_pending):
+            return None
+        self.cache_counts["name", "hit"] += 1
+        view = _view(record, stamp)
+        body = view.body()
+        self.answers.keep_name(folded, body, view.cache_token)
+        return body
+
+    async def stored_addr_body(self, jami_id: str) -> bytes | None:
+        """The `GET /addr/{addr}` answer of `jami_id` (40 lowercase hex) when SQL alone
+        decides it as lookup_addr would, kept when final; None when lookup_addr must
+        decide (the chain, the negative cache, a pending record, nothing proven)."""
+        if jami_id == ZERO_ADDRESS:
+            return None
+        stamp = self.answers.stamp()
+        for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES):
+            if not _proves_binding(record, jami_id):
+                continue
+            try:
+                folded = names.check_lookup_name(record.name)
+            except names.BadName:
+                continue  # as _forward_gives: a name no lookup gives is no answer
+            forward = await self.reader.name(folded)
+            if forward is None or (forward.pending and not self.serve_pending):
+                return None
+            if forward.addr != jami_id or forward.name != record.name:
+                continue
+            self.cache_counts["addr", "hit"] += 1
+            body = answer_bytes({"name": record.name})
+            self.answers.keep_addr(jami_id, body, None if forward.pending else stamp)
+            return body
+        return None
+
+    def _answerable(self, record: NameRecord | NameRow, stamp: int) -> NameView:
+        if record.pending and not self.serve_pending:
             # Another account may still bind this name first in the same block: a 200
             # now could be contradicted, and clients keep every 200 forever.
             raise RegistrationPending()
-        return view
+        return _view(record, stamp)
 
     async def lookup_addr(self, addr: str) -> AddrView:
         """The name bound to the Jami ID `addr`, only when looking that name up through
@@ -269,32 +329,38 @@ class NameService:
             raise InvalidAddress() from exc
         if jami_id == ZERO_ADDRESS:
             raise AddressNotRegistered()  # what a name held without an address has
-        since = self.hot.generation
-        async with session_scope(self.sessionmaker) as session:
-            candidates = [
-                record.name
-                for record in await session.scalars(_records_pointing_at(jami_id))
-                if _proves_binding(record, jami_id)
-            ]
+        stamp = self.answers.stamp()
+        candidates = [
+            record.name
+            for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES)
+            if _proves_binding(record, jami_id)
+        ]
         for candidate in candidates:
-            confirmed = await self._forward_gives(candidate, jami_id, since)
+            confirmed = await self._forward_gives(candidate, jami_id, stamp)
             if confirmed is not None:
                 self.cache_counts["addr", "hit"] += 1
                 return confirmed
-        if jami_id in self.hot.missing_addrs:
+        if self.answers.addr_missing(jami_id):
             self.cache_counts["addr", "negative_hit"] += 1
             raise AddressNotRegistered()
         self.cache_counts["addr", "miss"] += 1
         registrar = self._registrar()
         chain_name = (await registrar.view([], jami_id=jami_id)).reverse_name
         if chain_name is not None and chain_name not in candidates:
-            confirmed = await self._forward_gives(chain_name, jami_id, since)
+            confirmed = await self._forward_gives(chain_name, jami_id, stamp)
             if confirmed is not None:
                 return confirmed
-        self.hot.add_missing_addr(jami_id, since)
+        self.answers.keep_missing_addr(jami_id, stamp)
         raise AddressNotRegistered()
 
-    async def _forward_gives(self, name: str, jami_id: str, since: int) -> AddrView | None:
+    async def addr_body(self, addr: str) -> bytes:
+        """The `GET /addr/{addr}` answer body, kept in the answer cache when final."""
+        found = await self.lookup_addr(addr)
+        body = answer_bytes({"name": found.name})
+        self.answers.keep_addr(found.jami_id, body, found.cache_token)
+        return body
+
+    async def _forward_gives(self, name: str, jami_id: str, stamp: int) -> AddrView | None:
         """The reverse answer `name` when its forward lookup gives `jami_id`, else None."""
         try:
             forward = await self.lookup_name(name)
@@ -302,9 +368,9 @@ class NameService:
             return None
         if forward.addr != jami_id or forward.name != name:
             return None
-        return AddrView(name, jami_id, since if forward.cache_token is not None else None)
+        return AddrView(name, jami_id, stamp if forward.cache_token is not None else None)
 
-    async def registration_status(self, name: str) -> RegistrationView:
+    async def registration_status(self, name: str) -> RegistrationStatus:
         """What became of the latest registration of `name` accepted by this server."""
         try:
             folded = names.check_lookup_name(name)
@@ -319,13 +385,7 @@ class NameService:
             )
         if registration is None:
             raise RegistrationNotFound()
-        return RegistrationView(
-            name=registration.name,
-            state=registration.state,
-            tx=registration.tx_hash,
-            block=registration.block,
-            reason=registration.reason,
-        )
+        return RegistrationStatus.of(registration)
 
     # -- registration -------------------------------------------------------------------
 
@@ -405,26 +465,16 @@ class NameService:
             self.admission.take(client or "unknown")
         token_taken = self.admission is not None
 
-        registration = Registration(
+        claim = Claim(
             name=name,
             folded_name=folded,
             addr=jami_id,
             owner=owner,
             publickey=request.publickey,
             signature=request.signature,
-            claim_name=folded,
-            claim_addr=jami_id,
-            state=PENDING,
         )
-        record = NameRecord(
-            name=name,
-            folded_name=folded,
-            addr=jami_id,
-            owner=owner,
-            publickey=request.publickey,
-            signature=request.signature,
-            pending=True,
-        )
+        registration = new_registration(claim)
+        record = pending_record(claim)
         try:
             # Durable on return, in a transaction shared with the acceptances of the moment.
             await self.acceptances.store([registration, record])
@@ -438,8 +488,7 @@ class NameService:
                 return
             raise NameTaken() from None
         logger.info("accepted %r for %s", name, jami_id)
-        self.hot.forget_names([folded])
-        self.hot.forget_addrs([jami_id])
+        self.answers.changed(folded_names=[folded], jami_ids=[jami_id])
         for callback in self.on_accepted:
             callback()
 
@@ -548,15 +597,7 @@ class NameService:
                 )
                 if existing is not None:
                     return existing
-                record = NameRecord(
-                    name=found.name,
-                    folded_name=folded,
-                    addr=found.addr,
-                    owner=found.owner,
-                    publickey=found.publickey or None,
-                    signature=found.signature or None,
-                    pending=False,
-                )
+                record = chain_record(found)
                 session.add(record)
                 return record
         except sqlalchemy.exc.IntegrityError:

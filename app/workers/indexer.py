@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -21,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names
 from app.chain.client import ChainClient, ChainRejected
-from app.chain.registrar import ChainRecord, Registrar, servable
+from app.chain.registrar import ChainRecord, Registrar
 from app.db import get_meta, session_scope, set_meta
 from app.errors import ServiceUnavailable
-from app.models import CONFIRMED, IndexedBlock, Meta, NameRecord, Registration
+from app.models import CONFIRMED, IndexedBlock, NameRecord, Registration
+from app.services.records import apply_records
 from app.workers.reconcile import reconcile_confirmed, reopen
 
 logger = logging.getLogger(__name__)
@@ -273,73 +274,3 @@ class Indexer:
             self.on_changed([names.fold(name) for name in dirty])
         self.indexed_block = ancestor
         return ancestor
-
-
-async def apply_records(
-    session: AsyncSession, records: Sequence[tuple[str, ChainRecord | None, int]]
-) -> None:
-    """Write chain records into the names table (records of pending registrations are the
-    writer's to settle; a name folded like another name already stored is skipped)."""
-    if not records:
-        return
-    wanted = [name for name, _, _ in records]
-    existing = {
-        row.name: row
-        for row in await session.scalars(select(NameRecord).where(NameRecord.name.in_(wanted)))
-    }
-    folds = {names.fold(name) for name in wanted}
-    fold_rows = await session.execute(
-        select(NameRecord.folded_name, NameRecord.name).where(NameRecord.folded_name.in_(folds))
-    )
-    fold_owner = {folded: name for folded, name in fold_rows}
-    for name, record, block in records:
-        row = existing.get(name)
-        if row is not None and row.pending:
-            continue
-        skip_key = SKIPPED_PREFIX + name
-        if record is None:
-            if row is not None:
-                await session.delete(row)
-                fold_owner.pop(row.folded_name, None)
-            await session.execute(delete(Meta).where(Meta.key == skip_key))
-            continue
-        if not servable(name):
-            # Anyone can write any bytes32 on the contract: not a name, never served.
-            await _skip(session, name, "outside the name policy")
-            if row is not None:
-                await session.delete(row)
-                fold_owner.pop(row.folded_name, None)
-            continue
-        if row is None:
-            folded = names.fold(name)
-            holder = fold_owner.get(folded)
-            if holder is not None and holder != name:
-                await _skip(session, name, f"folds like {holder!r}, which is served")
-                continue
-            await session.execute(delete(Meta).where(Meta.key == skip_key))
-            row = NameRecord(name=name, folded_name=folded, pending=False)
-            session.add(row)
-            existing[name] = row
-            fold_owner[folded] = name
-        row.addr = record.addr
-        row.owner = record.owner
-        row.publickey = record.publickey or None
-        row.signature = record.signature or None
-        row.block_number = block
-
-
-SKIPPED_PREFIX = "skipped_chain_name:"
-
-
-async def _skip(session: AsyncSession, name: str, reason: str) -> None:
-    """Remember a chain record the mirror does not serve, for `jamins export` to report."""
-    logger.warning("chain record %r not served: %s", name, reason)
-    await set_meta(session, SKIPPED_PREFIX + name, reason)
-
-
-async def skipped_chain_names(session: AsyncSession) -> list[tuple[str, str]]:
-    """(name, why) of every chain record the mirror holds on chain but does not serve."""
-    rows = await session.execute(
-        select(Meta.key, Meta.value).where(Meta.key.startswith(SKIPPED_PREFIX)).order_by(Meta.key)
-    )
-    return [(key.removeprefix(SKIPPED_PREFIX), value) for key, value in rows]

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.chain.client import ChainClient
 from app.chain.registrar import Registrar
 from app.db import session_scope
-from app.models import CONFIRMED, PENDING, NameRecord, Registration
+from app.models import CONFIRMED, PENDING, Registration
+from app.services.records import Claim, pending_record
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +37,7 @@ async def reopen(session: AsyncSession, registration: Registration, *, resign: b
         registration.nonce = None
         registration.tx_hash = None
         registration.raw_tx = None
-    await session.merge(
-        NameRecord(
-            name=registration.name,
-            folded_name=registration.folded_name,
-            addr=registration.addr,
-            owner=registration.owner,
-            publickey=registration.publickey,
-            signature=registration.signature,
-            pending=True,
-        )
-    )
+    await session.merge(pending_record(Claim.of(registration)))
 
 
 async def reconcile_confirmed(
