@@ -18,7 +18,7 @@ test: install postgres-binaries geth test-tools
 lint: install
 	$(BIN)/ruff check app migrations contracts tests tools bench
 	$(BIN)/ruff format --check app migrations contracts tests tools bench
-	$(BIN)/mypy app
+	$(BIN)/mypy app tests
 
 install: $(PY_STAMP) $(NODE_STAMP)
 

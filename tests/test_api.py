@@ -56,7 +56,7 @@ class DirectWriter:
             "",
         )
         tx = call.build_transaction(
-            {
+            {  # type: ignore[arg-type]
                 "from": self.account.address,
                 "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
                 "gas": 300_000,

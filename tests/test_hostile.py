@@ -155,7 +155,7 @@ def test_request_bounds_refuse_long_path_before_the_app() -> None:
         reached.append(scope)
 
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=RequestBoundsMiddleware(app))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=RequestBoundsMiddleware(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.post("/name/" + "a" * 5000, json={})
 
@@ -192,7 +192,7 @@ def test_idle_and_partial_connections_are_closed_while_lookups_answer(
         closed: set[socket.socket] = set()
         while len(closed) < len(sockets) and time.monotonic() - opened < HEADER_TIMEOUT + 5:
             for key, _ in selector.select(timeout=0.5):
-                sock = key.fileobj
+                sock = key.fileobj  # type: ignore[assignment]
                 assert isinstance(sock, socket.socket)
                 try:
                     data = sock.recv(4096)

@@ -25,7 +25,7 @@ def test_migrate_builds_the_models_schema(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database("migrations_check")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
     migrate(settings)  # a second run is a no-op
     engine = make_sync_engine(settings)
@@ -53,7 +53,7 @@ def test_migrate_backfills_skeletons(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database("migrations_skeleton")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     command.upgrade(alembic_config(settings), "0002")
     stored = ["paypal", "раураӏ", "élodie", "-rf"]  # noqa: RUF001 (the look-alike is the point)
     engine = make_sync_engine(settings)
@@ -69,7 +69,9 @@ def test_migrate_backfills_skeletons(
                 )
         migrate(settings)
         with engine.connect() as connection:
-            rows = dict(connection.execute(text("SELECT name, skeleton FROM names")).all())
+            rows: dict[str, str] = dict(
+                connection.execute(text("SELECT name, skeleton FROM names")).all()
+            )
     finally:
         engine.dispose()
     assert rows == {name: name_skeleton(name) for name in stored}
@@ -82,7 +84,7 @@ def test_migrations_started_together_on_postgresql_all_succeed(
     """Several processes (workers, two servers on one database) may migrate the same fresh
     database at once: one builds the schema, the others find it built."""
     url = postgres.create_database("migrations_together")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     start = threading.Barrier(4)
     failures: list[BaseException] = []
 
@@ -106,6 +108,7 @@ def test_migrations_started_together_on_postgresql_all_succeed(
 def test_migration_lock_is_not_the_leader_lock() -> None:
     """A running leader holds its advisory lock for good: a migration waiting on the same
     key would hang the next server's start-up (seen: the second of two servers)."""
-    from app import db, leader
+    from app import db
+    from app.workers import leader
 
     assert db._MIGRATION_LOCK != leader.ADVISORY_KEY

@@ -41,7 +41,9 @@ def _jami_id(key: PublicKeyTypes) -> str:
     return hashlib.sha1(der).hexdigest()
 
 
-def _body_with_key(account: JamiAccount, name: str, key: PublicKeyTypes, pem: bytes) -> dict:
+def _body_with_key(
+    account: JamiAccount, name: str, key: PublicKeyTypes, pem: bytes
+) -> dict[str, str]:
     """The account's signature over `name`, with another key whose ID is `addr`."""
     return {
         "addr": _jami_id(key),
@@ -51,30 +53,30 @@ def _body_with_key(account: JamiAccount, name: str, key: PublicKeyTypes, pem: by
     }
 
 
-def _pem_with_garbage(account: JamiAccount, name: str) -> dict:
+def _pem_with_garbage(account: JamiAccount, name: str) -> dict[str, str]:
     body = account.registration_body(name)
     pem = base64.b64decode(body["publickey"]).rstrip(b"\0")
     body["publickey"] = base64.b64encode(pem + b"\nAAAA garbage\n").decode()
     return body
 
 
-def _huge_key(account: JamiAccount, name: str) -> dict:
+def _huge_key(account: JamiAccount, name: str) -> dict[str, str]:
     # An RSA-16384 modulus (not a real key: no primes needed to be refused for its size).
     modulus = (1 << 16383) | secrets.randbits(16383) | 1
     key = rsa.RSAPublicNumbers(65537, modulus).public_key()
     return _body_with_key(account, name, key, _pem(key))
 
 
-def _ec_key(account: JamiAccount, name: str) -> dict:
+def _ec_key(account: JamiAccount, name: str) -> dict[str, str]:
     private = ec.generate_private_key(ec.SECP256R1())
     key = private.public_key()
     body = _body_with_key(account, name, key, _pem(key))
-    body["signature"] = base64.b64encode(private.sign(name.encode(), ec.ECDSA(hashes.SHA512())))
-    body["signature"] = body["signature"].decode()
+    signature = private.sign(name.encode(), ec.ECDSA(hashes.SHA512()))
+    body["signature"] = base64.b64encode(signature).decode()
     return body
 
 
-def _signed_by_another_key(account: JamiAccount, name: str) -> dict:
+def _signed_by_another_key(account: JamiAccount, name: str) -> dict[str, str]:
     # The account's key and ID, with a valid signature over the name by someone else.
     body = account.registration_body(name)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -83,7 +85,7 @@ def _signed_by_another_key(account: JamiAccount, name: str) -> dict:
     return body
 
 
-def _signature_over_name_with_prefix(account: JamiAccount, name: str) -> dict:
+def _signature_over_name_with_prefix(account: JamiAccount, name: str) -> dict[str, str]:
     body = account.registration_body(name)
     body["signature"] = account.sign(name + "x")
     return body
@@ -100,7 +102,7 @@ def _signature_over_name_with_prefix(account: JamiAccount, name: str) -> dict:
     ],
 )
 def test_register_hostile_body_is_refused(
-    http: httpx.Client, make_body: Callable[[JamiAccount, str], dict], status: int
+    http: httpx.Client, make_body: Callable[[JamiAccount, str], dict[str, str]], status: int
 ) -> None:
     (account,) = quick_accounts(1, offset=400)
     name = unique_name("hostile")
