@@ -25,7 +25,7 @@ from app.settings import Settings
 from tests.geth import GethNode, GethNotFound, find_geth
 from tests.jami_keys import JamiAccount, account_pool
 from tests.pg import PostgresServer
-from tests.server import ServerProcess
+from tests.server import InProcessApp, ServerProcess
 
 # The suite sets every setting it needs itself: an operator's .env (in the repository, where
 # the compose steps put it) and the JAMINS_* variables of their shell never reach it, in
@@ -196,6 +196,10 @@ def server(
             "JAMINS_SIGNER_KEY": funded_key(node),
             "JAMINS_DATABASE_URL": database_url,
             "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+            "JAMINS_INDEX_POLL_SECONDS": "0.2",
+            # Cached answers outlive every test: a changed answer is the indexer's doing
+            # (test_api.py's test_direct_changes_reach_cached_lookups), never the TTL's.
+            "JAMINS_LOOKUP_CACHE_SECONDS": "3600",
             # Its own registrar on a test chain: lookups answer pending names (the 503
             # answers of a registrar others write are tests/test_service_chain.py's and
             # test_api.py's own servers').
@@ -207,6 +211,42 @@ def server(
         yield process
     finally:
         process.stop()
+
+
+def in_process_settings(node: ChainNode, data_dir: Path, **settings: Any) -> Settings:
+    """What `server` runs with, for an app in this process: the shared node, its own
+    registrar and an SQLite file in `data_dir`, unless `settings` say otherwise."""
+    return Settings(
+        _env_file=None,
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'jamins.sqlite3'}",
+        rpc_url=node.url,
+        chain_id=node.chain_id,
+        deploy=True,
+        signer_key=funded_key(node),
+        confirmations=0,
+        register_rate_per_minute=0,
+        receipt_poll_seconds=0.2,
+        index_poll_seconds=0.2,
+        registrar_exclusive=True,
+        **settings,
+    )
+
+
+@pytest.fixture(scope="session")
+def app_in_process(
+    anvil: AnvilNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessApp]:
+    """The application of `server`, in this process (SQLite, the session's anvil): for the
+    tables of request cases that check what the routes answer, not how they are served."""
+    with InProcessApp(in_process_settings(anvil, tmp_path_factory.mktemp("app"))) as app:
+        yield app
+
+
+@pytest.fixture
+def app_http(app_in_process: InProcessApp) -> Iterator[httpx.Client]:
+    with app_in_process.client() as client:
+        yield client
 
 
 @pytest.fixture
