@@ -116,7 +116,8 @@ def test_distinct_long_paths_keep_memory_and_log_lines_bounded(
 
 def test_memo_keeps_no_long_segment() -> None:
     middleware = HotPathMiddleware(app=None, service=lambda: None)  # type: ignore[arg-type]
-    for index in range(2000):
+    # A handful is enough to see that none is kept (2000 took 40 ms of CPU each, for nothing).
+    for index in range(20):
         assert middleware._fold(f"{index:06d}".encode() + b"a" * 60_000) is None
     assert middleware._folds == {}
 
