@@ -12,8 +12,10 @@ NODE_STAMP := node_modules/.installed
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
+# TEST_WORKERS=0 runs the suite in this one process (what a debugger wants).
+TEST_WORKERS ?= 4
 test: install postgres-binaries geth test-tools
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 lint: install
 	$(BIN)/ruff check app migrations contracts tests tools bench
