@@ -64,11 +64,15 @@ NODE_KINDS = ("anvil", "geth")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Give `node` the kinds the closest `nodes` marker names (default: anvil only)."""
+    """Give `node` the kinds the closest `nodes` marker names (default: anvil only).
+
+    Every test on `node` is parametrized, anvil ones too: pytest tells session fixtures
+    apart by their parameters, so a bare `node` next to node['anvil'] would stop and start
+    the session's servers each time the test order crossed from one to the other."""
+    if "node" not in metafunc.fixturenames:
+        return
     marker = metafunc.definition.get_closest_marker("nodes")
-    if marker is None or "node" not in metafunc.fixturenames:
-        return  # `node` is anvil
-    kinds = marker.args
+    kinds = marker.args if marker is not None else ("anvil",)
     unknown = set(kinds) - set(NODE_KINDS)
     if unknown:
         raise ValueError(f"unknown node kinds {sorted(unknown)}")
