@@ -220,21 +220,22 @@ def server(
 def in_process_settings(node: ChainNode, data_dir: Path, **settings: Any) -> Settings:
     """What `server` runs with, for an app in this process: the shared node, its own
     registrar and an SQLite file in `data_dir`, unless `settings` say otherwise."""
-    return Settings(
-        _env_file=None,
-        data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir / 'jamins.sqlite3'}",
-        rpc_url=node.url,
-        chain_id=node.chain_id,
-        deploy=True,
-        signer_key=funded_key(node),
-        confirmations=0,
-        register_rate_per_minute=0,
-        receipt_poll_seconds=0.2,
-        index_poll_seconds=0.2,
-        registrar_exclusive=True,
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": f"sqlite:///{data_dir / 'jamins.sqlite3'}",
+        "rpc_url": node.url,
+        "chain_id": node.chain_id,
+        "deploy": True,
+        "signer_key": funded_key(node),
+        "confirmations": 0,
+        "register_rate_per_minute": 0,
+        "receipt_poll_seconds": 0.2,
+        "index_poll_seconds": 0.2,
+        "lookup_cache_seconds": 3600,
+        "registrar_exclusive": True,
         **settings,
-    )
+    }
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")
