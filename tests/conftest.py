@@ -66,17 +66,26 @@ NODE_KINDS = ("anvil", "geth")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Give `node` the kinds the closest `nodes` marker names (default: anvil only).
 
-    Every test on `node` is parametrized, anvil ones too: pytest tells session fixtures
-    apart by their parameters, so a bare `node` next to node['anvil'] would stop and start
-    the session's servers each time the test order crossed from one to the other."""
+    Every test on this file's `node` is parametrized, anvil ones too: pytest tells session
+    fixtures apart by their parameters, so a bare `node` next to node['anvil'] would stop and
+    start the session's servers each time the test order crossed from one to the other. A
+    module's own `node` fixture (a fake, a node of its own) is left alone unless marked."""
     if "node" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("nodes")
+    if marker is None and not _is_shared_node(metafunc):
+        return
     kinds = marker.args if marker is not None else ("anvil",)
     unknown = set(kinds) - set(NODE_KINDS)
     if unknown:
         raise ValueError(f"unknown node kinds {sorted(unknown)}")
     metafunc.parametrize("node", kinds, indirect=True, scope="session")
+
+
+def _is_shared_node(metafunc: pytest.Metafunc) -> bool:
+    """True when the test's `node` is this file's session fixture, not a module's own."""
+    definitions = metafunc._arg2fixturedefs.get("node", ())
+    return bool(definitions) and definitions[-1].func.__code__.co_filename == __file__
 
 
 @pytest.fixture(scope="session")
