@@ -12,13 +12,15 @@ NODE_STAMP := node_modules/.installed
 serve: install
 	$(BIN)/jamins serve $(ARGS)
 
+# TEST_WORKERS=0 runs the suite in this one process (what a debugger wants).
+TEST_WORKERS ?= 4
 test: install postgres-binaries geth test-tools
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 lint: install
 	$(BIN)/ruff check app migrations contracts tests tools bench
 	$(BIN)/ruff format --check app migrations contracts tests tools bench
-	$(BIN)/mypy app
+	$(BIN)/mypy app tests
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -83,10 +85,14 @@ geth:
 	  $(GETH) version | grep -qx 'Version: $(GETH_VERSION)-stable' || { echo "geth: $(GETH) is not $(GETH_VERSION)"; exit 1; }; \
 	fi
 
-# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py)
-# and Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py).
+# Tools the tests drive for real: a headless Chromium renders /docs (tests/test_docs_page.py),
+# Debian's caddy runs the compose stack's Caddyfile (tests/test_caddyfile.py), its dhtnode
+# the compose stack's DHT node (tests/test_compose.py), and its jami-daemon on a D-Bus of
+# its own registers and looks up names (tests/test_jamid.py). Installed here, never by a test.
+TEST_PACKAGES := chromium caddy dhtnode jami-daemon dbus
 test-tools:
-	@command -v chromium >/dev/null && command -v caddy >/dev/null || { \
-	  echo "installing chromium and caddy (apt-get)"; \
+	@command -v chromium >/dev/null && command -v caddy >/dev/null && command -v dhtnode >/dev/null \
+	  && command -v dbus-daemon >/dev/null && test -x /usr/libexec/jamid || { \
+	  echo "installing $(TEST_PACKAGES) (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium caddy >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; }

@@ -36,7 +36,6 @@ from app.settings import Settings
 from app.workers.background import Background
 from app.workers.chain_watch import ChainWatch
 from app.workers.supervisor import Supervisor
-from app.workers.writer import TxWriter
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +176,9 @@ class LiveCollector(Collector):
             labels=["state"],
         )
         writer = background.writer if background is not None else None
-        writer_state.add_metric([writer_state_label(writer)], 1)
+        writer_state.add_metric(
+            [writer_state_label(writer.state if writer is not None else None)], 1
+        )
         yield writer_state
 
         indexer = background.indexer if background is not None else None
@@ -195,14 +196,15 @@ class LiveCollector(Collector):
 WRITER_STATES = ("starting", "running", "waiting", "failing")
 
 
-def writer_state_label(writer: TxWriter | None) -> str:
-    """The writer's state as one of a fixed set of label values: its "waiting for ..."
-    carries node error text, which would make a new time series per message."""
-    if writer is None:
+def writer_state_label(state: str | None) -> str:
+    """The writer's state (None: no writer) as one of a fixed set of label values: its
+    "waiting for ..." carries node error text, which would make a new time series per
+    message."""
+    if state is None:
         return "none"
-    if writer.state.startswith("waiting"):
+    if state.startswith("waiting"):
         return "waiting"
-    return writer.state if writer.state in WRITER_STATES else "other"
+    return state if state in WRITER_STATES else "other"
 
 
 class MetricsMiddleware:

@@ -25,7 +25,7 @@ from app.settings import Settings
 from tests.geth import GethNode, GethNotFound, find_geth
 from tests.jami_keys import JamiAccount, account_pool
 from tests.pg import PostgresServer
-from tests.server import ServerProcess
+from tests.server import InProcessApp, ServerProcess
 
 # The suite sets every setting it needs itself: an operator's .env (in the repository, where
 # the compose steps put it) and the JAMINS_* variables of their shell never reach it, in
@@ -64,15 +64,28 @@ NODE_KINDS = ("anvil", "geth")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Give `node` the kinds the closest `nodes` marker names (default: anvil only)."""
+    """Give `node` the kinds the closest `nodes` marker names (default: anvil only).
+
+    Every test on this file's `node` is parametrized, anvil ones too: pytest tells session
+    fixtures apart by their parameters, so a bare `node` next to node['anvil'] would stop and
+    start the session's servers each time the test order crossed from one to the other. A
+    module's own `node` fixture (a fake, a node of its own) is left alone unless marked."""
+    if "node" not in metafunc.fixturenames:
+        return
     marker = metafunc.definition.get_closest_marker("nodes")
-    if marker is None or "node" not in metafunc.fixturenames:
-        return  # `node` is anvil
-    kinds = marker.args
+    if marker is None and not _is_shared_node(metafunc):
+        return
+    kinds = marker.args if marker is not None else ("anvil",)
     unknown = set(kinds) - set(NODE_KINDS)
     if unknown:
         raise ValueError(f"unknown node kinds {sorted(unknown)}")
     metafunc.parametrize("node", kinds, indirect=True, scope="session")
+
+
+def _is_shared_node(metafunc: pytest.Metafunc) -> bool:
+    """True when the test's `node` is this file's session fixture, not a module's own."""
+    definitions = metafunc._arg2fixturedefs.get("node", ())
+    return bool(definitions) and definitions[-1].func.__code__.co_filename == __file__
 
 
 @pytest.fixture(scope="session")
@@ -196,6 +209,10 @@ def server(
             "JAMINS_SIGNER_KEY": funded_key(node),
             "JAMINS_DATABASE_URL": database_url,
             "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
+            "JAMINS_INDEX_POLL_SECONDS": "0.2",
+            # Cached answers outlive every test: a changed answer is the indexer's doing
+            # (test_api.py's test_direct_changes_reach_cached_lookups), never the TTL's.
+            "JAMINS_LOOKUP_CACHE_SECONDS": "3600",
             # Its own registrar on a test chain: lookups answer pending names (the 503
             # answers of a registrar others write are tests/test_service_chain.py's and
             # test_api.py's own servers').
@@ -207,6 +224,43 @@ def server(
         yield process
     finally:
         process.stop()
+
+
+def in_process_settings(node: ChainNode, data_dir: Path, **settings: Any) -> Settings:
+    """What `server` runs with, for an app in this process: the shared node, its own
+    registrar and an SQLite file in `data_dir`, unless `settings` say otherwise."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": f"sqlite:///{data_dir / 'jamins.sqlite3'}",
+        "rpc_url": node.url,
+        "chain_id": node.chain_id,
+        "deploy": True,
+        "signer_key": funded_key(node),
+        "confirmations": 0,
+        "register_rate_per_minute": 0,
+        "receipt_poll_seconds": 0.2,
+        "index_poll_seconds": 0.2,
+        "lookup_cache_seconds": 3600,
+        "registrar_exclusive": True,
+        **settings,
+    }
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def app_in_process(
+    anvil: AnvilNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessApp]:
+    """The application of `server`, in this process (SQLite, the session's anvil): for the
+    tables of request cases that check what the routes answer, not how they are served."""
+    with InProcessApp(in_process_settings(anvil, tmp_path_factory.mktemp("app"))) as app:
+        yield app
+
+
+@pytest.fixture
+def app_http(app_in_process: InProcessApp) -> Iterator[httpx.Client]:
+    with app_in_process.client() as client:
+        yield client
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ class FakeNode:
 
     def client(self) -> ChainClient:
         client = ChainClient("http://fake-node", timeout=5)
-        client.w3 = AsyncWeb3(FakeProvider(self))
+        client.w3 = AsyncWeb3(FakeProvider(self))  # type: ignore[arg-type]
         return client
 
     # -- the model of the registrar ------------------------------------------------------
@@ -346,7 +346,7 @@ class FakeNode:
         (name,) = abi_decode(["bytes32"], data[4:])
         record = self.records.get(name, Record())
         if function in ("addr", "owner"):
-            return "0x" + "0" * 24 + getattr(record, function)
+            return "0x" + "0" * 24 + str(getattr(record, function))
         return "0x" + abi_encode(["string"], [getattr(record, function)]).hex()
 
 
@@ -395,7 +395,7 @@ class FakeProvider(AsyncBaseProvider):
                 "jsonrpc": "2.0",
                 "id": None,
                 "error": {"code": -32600, "message": "batch refused"},
-            }  # type: ignore[typeddict-item]
+            }
         responses = [self._response(method, params) for method, params in requests]
         if self.node.batch_answer == "empty":
             return []

@@ -23,9 +23,11 @@ __all__ = [
     "CAPTURED_REQUESTS_PATH",
     "EMBEDDED_CAPTURED_BODY",
     "JamiAccount",
+    "account_of",
     "account_pool",
     "make_account",
     "read_captured_body",
+    "write_pool",
 ]
 
 ZERO_OWNER = "0" * 40
@@ -56,7 +58,11 @@ class JamiAccount:
 
 def make_account(bits: int = 4096) -> JamiAccount:
     """Generate a fresh account (RSA-4096 takes about a second)."""
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return account_of(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+
+
+def account_of(private_key: RSAPrivateKey) -> JamiAccount:
+    """The account of this key, with the fields a client derives from it."""
     public_key = private_key.public_key()
     pem = public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -71,18 +77,53 @@ def make_account(bits: int = 4096) -> JamiAccount:
     )
 
 
+# RSA-4096 keys made once (`python -m tests.jami_keys`), for tests only: generating one
+# takes a second or more of CPU, and the suite (each xdist worker too) wants dozens.
+POOL_PATH = Path(__file__).parent / "data" / "account-pool.pem"
+POOL_SIZE = 48
+
+
+@functools.cache
+def _pool_pems() -> list[bytes]:
+    text = POOL_PATH.read_bytes() if POOL_PATH.is_file() else b""
+    return re.findall(rb"-----BEGIN PRIVATE KEY-----.*?-----END PRIVATE KEY-----", text, re.S)
+
+
 @functools.cache
 def _pooled_account(index: int) -> JamiAccount:
-    return make_account(4096)
+    pems = _pool_pems()
+    if index >= len(pems):
+        return make_account(4096)
+    # Our own keys: OpenSSL's consistency check of an RSA-4096 key costs more than making
+    # a signature many times over, for nothing here.
+    key = serialization.load_pem_private_key(
+        pems[index], password=None, unsafe_skip_rsa_key_validation=True
+    )
+    assert isinstance(key, RSAPrivateKey) and key.key_size == 4096
+    return account_of(key)
 
 
 def account_pool(n: int) -> list[JamiAccount]:
-    """Return n distinct RSA-4096 accounts, generated once per process and shared.
+    """Return n distinct RSA-4096 accounts, the same ones in every process (read from
+    POOL_PATH; made on the spot past its end).
 
     account_pool(2) is the first two accounts of account_pool(5): callers that need accounts
     no other test uses should call make_account().
     """
     return [_pooled_account(index) for index in range(n)]
+
+
+def write_pool(path: Path = POOL_PATH, size: int = POOL_SIZE) -> None:
+    """Write `size` new RSA-4096 private keys (unencrypted PKCS#8 PEM) to `path`."""
+    blocks = [
+        rsa.generate_private_key(public_exponent=65537, key_size=4096).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        for _ in range(size)
+    ]
+    path.write_bytes(b"".join(blocks))
 
 
 CAPTURED_NAME = "rawname2"
@@ -132,3 +173,7 @@ def read_captured_body(path: Path = CAPTURED_REQUESTS_PATH) -> dict[str, str]:
 
 
 CAPTURED_BODY: dict[str, str] = read_captured_body()
+
+
+if __name__ == "__main__":
+    write_pool()

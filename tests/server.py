@@ -1,18 +1,27 @@
-"""Run `jamins serve` as a real process on loopback, for tests that speak HTTP to it."""
+"""Run `jamins serve` as a real process on loopback, for tests that speak HTTP to it; or
+the same application in this process, for tests of what the routes answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
+
+from app.main import create_app
+from app.settings import Settings
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +48,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if not key.startswith("JAMINS_")}
         env.update(self.env)
@@ -147,3 +156,69 @@ class ServerProcess:
 
     def registrar_address(self) -> str:
         return str(httpx.get(f"{self.url}/healthz", timeout=10).json()["registrar"])
+
+
+class InProcessApp:
+    """`create_app(settings)` with its lifespan (engine, chain client, workers) running on
+    an event loop in a thread of this process: no subprocess, no socket, so a table of
+    request cases costs what the application does with them, not a server's start-up.
+
+    `client()` is a plain `httpx.Client` whose requests are handed to the app over ASGI on
+    that loop. What the HTTP server itself does (uvicorn's parsing, app.serving's
+    connection bounds) is not in the way: those stay with ServerProcess."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="in-process-app", daemon=True
+        )
+        self._lifespan: contextlib.AbstractAsyncContextManager[Any] | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run `coroutine` on the app's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        lifespan = self.app.router.lifespan_context(self.app)
+        self.run(lifespan.__aenter__())
+        self._lifespan = lifespan
+
+    def stop(self) -> None:
+        if self._lifespan is not None:
+            lifespan, self._lifespan = self._lifespan, None
+            self.run(lifespan.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    def __enter__(self) -> InProcessApp:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(
+            transport=_LoopTransport(self), base_url="http://127.0.0.1", timeout=timeout
+        )
+
+
+class _LoopTransport(httpx.BaseTransport):
+    """A synchronous transport that runs httpx's ASGI transport on the app's own loop (the
+    lifespan's engine and workers live there: another loop may not touch them)."""
+
+    def __init__(self, app: InProcessApp) -> None:
+        self._app = app
+        self._asgi = httpx.ASGITransport(app=app.app, client=("127.0.0.1", 40000))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def exchange() -> tuple[int, httpx.Headers, bytes]:
+            answer = await self._asgi.handle_async_request(request)
+            return answer.status_code, answer.headers, await answer.aread()
+
+        status, headers, content = self._app.run(exchange())
+        return httpx.Response(status, headers=headers, content=content, request=request)

@@ -38,7 +38,7 @@ def database_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Setting
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database(f"acceptance_{secrets.token_hex(4)}")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
     return settings
 

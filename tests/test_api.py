@@ -56,7 +56,7 @@ class DirectWriter:
             "",
         )
         tx = call.build_transaction(
-            {
+            {  # type: ignore[arg-type]
                 "from": self.account.address,
                 "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
                 "gas": 300_000,
@@ -86,24 +86,15 @@ def test_lookup_unknown_name_is_404(http: httpx.Client) -> None:
     assert answer.headers["content-type"] == JSON
 
 
+# The tables of malformed requests are test_routes.py's (in process); over real HTTP, the
+# cases whose bytes uvicorn decodes before the app sees them, on both databases.
 @pytest.mark.parametrize(
     "raw_path",
     [
         pytest.param("/name/ab", id="too-short"),
-        pytest.param("/name/" + "a" * 33, id="too-long"),
-        pytest.param("/name/" + "%E5%B1%B1" * 11, id="33-bytes"),
         pytest.param("/name/a%2Fbc", id="encoded-slash"),
-        pytest.param("/name/abc%2Fowner", id="encoded-slash-before-owner"),
-        pytest.param("/name/a/b/c", id="slashes"),
-        pytest.param("/name/ab%20c", id="space"),
-        pytest.param("/name/abc.d", id="dot"),
         pytest.param("/name/%FFabc", id="bad-utf8"),
-        pytest.param("/name/%F0%9F%98%80abc", id="emoji"),
-        pytest.param("/name/p%D0%B0ypal", id="mixed-script"),
         pytest.param("/name/abc%E2%80%8Bd", id="zero-width-space"),
-        pytest.param("/name/", id="empty"),
-        pytest.param("/name/abc/", id="trailing-slash"),
-        pytest.param("/name/ab/owner", id="short-owner"),
     ],
 )
 def test_lookup_invalid_name_is_400(http: httpx.Client, raw_path: str) -> None:
@@ -138,11 +129,6 @@ def test_lookup_unicode_name_by_fold(http: httpx.Client, new_account: AccountSup
     answer = http.get(f"/name/{typed}")
     assert answer.status_code == 200
     assert answer.json()["name"] == name
-
-
-def test_lookup_no_redirect_on_trailing_slash(http: httpx.Client) -> None:
-    answer = http.get("/name/someone/", follow_redirects=False)
-    assert answer.status_code == 400
 
 
 def test_lookup_extras_answer_owner_key_and_signature(
@@ -199,13 +185,8 @@ def test_lookup_addr_unknown_is_404(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "addr",
     [
-        pytest.param("a" * 39, id="39-hex"),
-        pytest.param("a" * 41, id="41-hex"),
         pytest.param("g" * 40, id="non-hex"),
-        pytest.param("jami:", id="prefix-only"),
-        pytest.param("sip:" + "a" * 40, id="other-scheme"),
         pytest.param("%20" + "a" * 40, id="leading-space"),
-        pytest.param("a" * 40 + "/x", id="slash"),
     ],
 )
 def test_lookup_addr_malformed_is_400(http: httpx.Client, addr: str) -> None:
@@ -305,88 +286,21 @@ def test_register_second_name_for_address_is_403(
     }
 
 
-def test_register_key_of_another_account_is_401(
-    http: httpx.Client, new_account: AccountSupply
-) -> None:
-    account, other = new_account(), new_account()
-    name = unique_name("stolen")
-    body = account.registration_body(name)
-    body["addr"] = other.jami_id  # squatting someone else's reverse slot
-    answer = register(http, name, body)
-    assert answer.status_code == 401
-    assert answer.json()["success"] is False
-    assert http.get(f"/addr/{other.jami_id}").status_code == 404
-
-
-def test_register_replayed_signature_is_401(http: httpx.Client, new_account: AccountSupply) -> None:
-    account = new_account()
-    name, replayed = unique_name("orig"), unique_name("replay")
-    answer = register(http, replayed, account.registration_body(name))
-    assert answer.status_code == 401
-    assert http.get(f"/name/{replayed}").status_code == 404
-
-
-def _with(body: dict[str, str], **changes: Any) -> dict[str, Any]:
-    changed: dict[str, Any] = {**body, **changes}
-    return {key: value for key, value in changed.items() if value is not None}
-
-
 @pytest.mark.parametrize(
-    ("mutate", "error"),
+    ("content", "error"),
     [
-        pytest.param(lambda body: b"not json", "body is not valid JSON", id="not-json"),
-        pytest.param(lambda body: b"", "body is not valid JSON", id="empty"),
-        pytest.param(lambda body: b"[]", None, id="array"),
-        pytest.param(lambda body: _with(body, addr=None), None, id="no-addr"),
-        pytest.param(lambda body: _with(body, publickey=None), None, id="no-publickey"),
-        pytest.param(lambda body: _with(body, signature=None), None, id="no-signature"),
-        pytest.param(lambda body: _with(body, addr=12), None, id="addr-number"),
-        pytest.param(lambda body: _with(body, addr="xyz"), "invalid address", id="addr-bad"),
-        pytest.param(lambda body: _with(body, owner="12"), "invalid owner", id="owner-bad"),
-        pytest.param(lambda body: _with(body, publickey="!!"), None, id="key-not-base64"),
+        pytest.param(b"not json", "body is not valid JSON", id="not-json"),
         pytest.param(
-            lambda body: _with(body, publickey=base64.b64encode(b"garbage").decode()),
-            None,
-            id="key-garbage",
+            b'{"addr": "' + b"a" * 20_000 + b'"}', "request body too large", id="too-large"
         ),
-        pytest.param(lambda body: _with(body, signature="@@"), None, id="sig-not-base64"),
-        pytest.param(lambda body: _with(body, publickey="A" * 20_000), None, id="body-too-large"),
     ],
 )
-def test_register_malformed_body_is_400(
-    http: httpx.Client, new_account: AccountSupply, mutate: Any, error: str | None
-) -> None:
-    account = new_account()
+def test_register_malformed_body_is_400(http: httpx.Client, content: bytes, error: str) -> None:
     name = unique_name("bad")
-    answer = register(http, name, mutate(account.registration_body(name)))
+    answer = register(http, name, content)
     assert answer.status_code == 400
-    body = answer.json()
-    assert body["success"] is False
-    if error is not None:
-        assert body["error"] == error
+    assert answer.json() == {"success": False, "error": error}
     assert http.get(f"/name/{name}").status_code == 404
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("Upper-" + "x", id="ascii-uppercase"),
-        pytest.param("ab", id="too-short"),
-        pytest.param("e\u0301lodie", id="nfd"),
-        pytest.param("a b c", id="space"),
-    ],
-)
-def test_register_invalid_name_is_400(
-    http: httpx.Client, new_account: AccountSupply, name: str
-) -> None:
-    account = new_account()
-    answer = http.post(
-        "/name/" + httpx.URL(f"http://x/{name}").raw_path.decode()[1:],
-        content=json.dumps(account.registration_body(name)),
-        headers={"Content-Type": JSON},
-    )
-    assert answer.status_code == 400
-    assert answer.json() == {"success": False, "error": "invalid name"}
 
 
 def test_register_without_content_type_still_parses(
@@ -457,33 +371,6 @@ def test_register_lost_on_chain_race_is_failed_not_confirmed(
     assert server.wait_settled(retry)["state"] == "confirmed"
 
 
-def test_registration_status_unknown_is_404(http: httpx.Client) -> None:
-    answer = http.get(f"/registrations/{unique_name('never')}")
-    assert answer.status_code == 404
-    assert answer.json()["error"]
-
-
-# -- protocol hygiene ---------------------------------------------------------------------
-
-
-def test_unknown_route_answers_json(http: httpx.Client) -> None:
-    answer = http.get("/nothing/here")
-    assert answer.status_code == 404
-    assert answer.headers["content-type"] == JSON
-
-
-def test_openapi_documents_real_status_codes(http: httpx.Client) -> None:
-    spec = http.get("/openapi.json").json()
-    post = spec["paths"]["/name/{name}"]["post"]["responses"]
-    assert {"200", "400", "401", "403", "409", "503"} <= set(post)
-    assert "422" not in post
-    get = spec["paths"]["/name/{name}"]["get"]["responses"]
-    assert {"200", "400", "404", "503"} <= set(get)
-    assert "422" not in get
-    assert "/registrations/{name}" in spec["paths"]
-    assert http.get("/docs").status_code == 200
-
-
 def test_restart_keeps_every_name(
     http: httpx.Client, server: ServerProcess, new_account: AccountSupply
 ) -> None:
@@ -497,7 +384,7 @@ def test_restart_keeps_every_name(
         assert server.wait_settled(name)["state"] == "confirmed"
 
 
-def _eventually(check: Any, timeout: float = 15.0) -> Any:
+def _eventually(check: Any, timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -510,7 +397,8 @@ def _eventually(check: Any, timeout: float = 15.0) -> Any:
 def test_direct_changes_reach_cached_lookups(
     http: httpx.Client, node: ChainNode, contract_address: str
 ) -> None:
-    """setAddress and disown done on the contract replace answers already cached."""
+    """setAddress and disown done on the contract replace answers already cached: the
+    indexer's doing, as `server` keeps answers an hour (conftest.py), past this test."""
     writer = ChainWriter(node.url, funded_key(node), contract_address)
     name, first_id, second_id = unique_name("moved"), secrets.token_hex(20), secrets.token_hex(20)
     writer.reserve_for([DirectRecord(name=name, jami_id=first_id)])

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 from eth_typing import HexStr
 from hexbytes import HexBytes
@@ -286,14 +287,15 @@ def test_chain_id_returns_node_value(start_node: Callable[[Responder], FakeNode]
 
 
 def test_call_unreachable_node_fails_fast() -> None:
+    """A refused connection is the answer, not a reason to wait out the timeout: the error
+    is the refusal's (a client that retried would end on the 60 s timeout's)."""
     url = closed_port_url()
 
-    started = time.monotonic()
-    with pytest.raises(ChainUnavailable):
-        with_client(url, 2, lambda client: client.chain_id())
-    elapsed = time.monotonic() - started
+    with pytest.raises(ChainUnavailable) as caught:
+        with_client(url, 60, lambda client: client.chain_id())
 
-    assert elapsed < 1.0
+    assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorError)
+    assert isinstance(caught.value.__cause__.os_error, ConnectionRefusedError)
 
 
 def test_call_silent_node_times_out(start_node: Callable[[Responder], FakeNode]) -> None:
@@ -304,7 +306,7 @@ def test_call_silent_node_times_out(start_node: Callable[[Responder], FakeNode])
         with_client(node.url, 0.5, lambda client: client.chain_id())
     elapsed = time.monotonic() - started
 
-    assert 0.4 <= elapsed < 3.0
+    assert elapsed >= 0.4  # the timeout's, not a refusal's (no upper bound: load varies)
     assert [request["method"] for request in node.requests] == ["eth_chainId"]
 
 

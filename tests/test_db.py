@@ -35,7 +35,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database(f"reader_{secrets.token_hex(4)}")
-    built = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    built = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(built)
     return built
 
@@ -89,7 +89,7 @@ def test_reader_lists_rows_pointing_at_an_id_pending_first(settings: Settings) -
 
 
 def test_sqlite_read_that_fails_on_the_loop_goes_through_the_engine(tmp_path: Path) -> None:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'busy.sqlite3'}"
     )
     migrate(settings)

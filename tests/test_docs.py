@@ -41,7 +41,7 @@ def test_repository_points_at_no_file_outside_it() -> None:
 
 def test_protocol_document_lists_every_route_the_server_answers(tmp_path: Path) -> None:
     text = PROTOCOL.read_text(encoding="utf-8")
-    app = create_app(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    app = create_app(Settings(data_dir=tmp_path, _env_file=None))
     missing = [f"`GET {path}`" for path in app.openapi()["paths"] if f"{path}`" not in text]
     assert missing == []
 

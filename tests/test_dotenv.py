@@ -72,7 +72,7 @@ def test_settings_expand_home_in_paths(
     monkeypatch.setenv("HOME", str(tmp_path))
     dotenv = tmp_path / "settings.env"
     dotenv.write_text(f"JAMINS_{field.upper()}=~/jamins/{field}\n")
-    settings = Settings(_env_file=dotenv)  # type: ignore[call-arg]
+    settings = Settings(_env_file=dotenv)
     assert getattr(settings, field) == tmp_path / "jamins" / field
 
 

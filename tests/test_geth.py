@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_typing import HexStr
 
 from app.chain.anvil import AnvilRPCError
 from app.chain.client import (
@@ -84,7 +85,7 @@ def test_receipt_while_geth_indexes_transactions_is_not_yet(
 
             async def probe(client: ChainClient, tx: str = unknown) -> tuple[Any, Any]:
                 raw = await client.w3.provider.make_request(
-                    "eth_getTransactionReceipt",  # type: ignore[arg-type]
+                    "eth_getTransactionReceipt",
                     [tx],
                 )
                 return raw, await client.receipt(tx)
@@ -131,7 +132,7 @@ def test_indexer_block_hashes_over_1000_blocks_on_geth(geth: GethNode, tmp_path:
     """With JAMINS_REORG_WINDOW >= 1000 the indexer asks for the hashes of more than 1000
     blocks at once (the window, or a roll-back's span): geth must answer, not refuse the
     batch for good. Blocks past the head answer null and are left out."""
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'i.sqlite3'}"
     )
 
@@ -208,15 +209,15 @@ def test_young_jami_schedule_chain_errors_are_transient(young_geth: GethNode) ->
         with pytest.raises(ChainUnavailable, match="fork"):
             await client.call(
                 client.w3.eth.estimate_gas(
-                    {"from": bank.address, "to": registrar.address, "data": data}
-                )  # type: ignore[typeddict-item]
+                    {"from": bank.address, "to": registrar.address, "data": HexStr(data)}
+                )
             )
         while await client.block_number() < 5:
             await asyncio.sleep(0.2)
         estimate = await client.call(
             client.w3.eth.estimate_gas(
-                {"from": bank.address, "to": registrar.address, "data": data}
-            )  # type: ignore[typeddict-item]
+                {"from": bank.address, "to": registrar.address, "data": HexStr(data)}
+            )
         )
         assert estimate > 21_000
 

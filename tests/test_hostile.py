@@ -1,6 +1,6 @@
 """A real server against hostile clients: long paths, idle and half-sent connections,
-malformed HTTP and bodies, odd methods. Memory, connections and log lines stay bounded
-while lookups keep answering."""
+malformed HTTP and bodies. Memory, connections and log lines stay bounded while lookups
+keep answering. (Odd methods and HEAD are test_routes.py's, in process.)"""
 
 from __future__ import annotations
 
@@ -81,37 +81,10 @@ def exchange(server: ServerProcess, request: bytes, timeout: float = 10.0) -> by
 
 
 def lookup_answers(server: ServerProcess) -> None:
-    started = time.monotonic()
+    """A lookup answers, within a bound no healthy server comes near (the client times out
+    otherwise)."""
     answer = httpx.get(f"{server.url}/name/{unique_name('free')}", timeout=5)
     assert answer.status_code == 404
-    assert time.monotonic() - started < 3
-
-
-# -- HTTP odds ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/name/nobody-here", "/addr/" + "ab" * 20])
-def test_head_answers_like_get_without_body(hostile_server: ServerProcess, path: str) -> None:
-    got = httpx.get(hostile_server.url + path, timeout=10)
-    head = httpx.head(hostile_server.url + path, timeout=10)
-    assert head.status_code == got.status_code
-    assert head.content == b""
-    assert head.headers["content-type"] == got.headers["content-type"]
-
-
-def test_put_name_answers_405_allowing_get_and_post(hostile_server: ServerProcess) -> None:
-    answer = httpx.put(f"{hostile_server.url}/name/x", json={}, timeout=10)
-    assert answer.status_code == 405
-    allowed = {method.strip() for method in answer.headers["allow"].split(",")}
-    assert {"GET", "POST"} <= allowed
-
-
-def test_addr_with_trailing_newline_is_400(hostile_server: ServerProcess) -> None:
-    jami_id = "ab" * 20
-    assert httpx.get(f"{hostile_server.url}/addr/{jami_id}", timeout=10).status_code == 404
-    answer = httpx.get(f"{hostile_server.url}/addr/{jami_id}%0a", timeout=10)
-    assert answer.status_code == 400
-    assert answer.json() == {"error": "invalid address"}
 
 
 # -- memory and log lines ------------------------------------------------------------------
@@ -147,7 +120,7 @@ def test_request_bounds_refuse_long_path_before_the_app() -> None:
         reached.append(scope)
 
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=RequestBoundsMiddleware(app))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=RequestBoundsMiddleware(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.post("/name/" + "a" * 5000, json={})
 
@@ -184,7 +157,7 @@ def test_idle_and_partial_connections_are_closed_while_lookups_answer(
         closed: set[socket.socket] = set()
         while len(closed) < len(sockets) and time.monotonic() - opened < HEADER_TIMEOUT + 5:
             for key, _ in selector.select(timeout=0.5):
-                sock = key.fileobj
+                sock = key.fileobj  # type: ignore[assignment]
                 assert isinstance(sock, socket.socket)
                 try:
                     data = sock.recv(4096)

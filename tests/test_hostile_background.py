@@ -166,7 +166,7 @@ def test_readiness_names_the_loop_that_is_not_running() -> None:
         supervisor.start("indexer", failing)
         await eventually(lambda: bool(supervisor.problems()))
         try:
-            return check_background(SimpleNamespace(supervisor=supervisor))  # type: ignore[arg-type]
+            return check_background(SimpleNamespace(supervisor=supervisor))
         finally:
             await supervisor.stop()
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI
-
 from app.api.hot_path import ADDR_ROUTE, FLUSH_EVERY, NAME_ROUTE, NOT_FOUND_BODY, HotPath
 from app.db import NameRow
 from app.logs import request_id
@@ -102,7 +100,7 @@ def make_hot_path(
     service: NameService | None, *, serve_negative: bool = True, prefix: str = ""
 ) -> tuple[HotPath, Inner, Metrics]:
     inner = Inner()
-    metrics = Metrics(FastAPI())
+    metrics = Metrics(lambda: None)
     hot_path = HotPath(
         inner,
         service=lambda: service,

@@ -33,7 +33,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database(f"index_{secrets.token_hex(4)}")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
     return settings
 

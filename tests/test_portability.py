@@ -31,7 +31,11 @@ def node_a(anvil_binary: str) -> Iterator[AnvilNode]:
 
 @pytest.fixture(params=["anvil", "geth"])
 def node_b(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
-    """The chain names are imported into: anvil, or a private geth chain."""
+    """The chain names are imported into: an anvil of its own, or the session's geth (a
+    registrar of its own there: another chain than node_a's all the same)."""
+    if request.param == "geth":
+        yield request.getfixturevalue("geth")
+        return
     with own_chain_node(request.param, request, tmp_path / "geth-b") as node:
         yield node
 

@@ -39,7 +39,7 @@ CLAIM = Claim(
 
 
 def run(tmp_path: Path, scenario: Callable[[DB], Awaitable[None]]) -> None:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite3'}"
     )
     migrate(settings)

@@ -6,7 +6,7 @@ import itertools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, cast
 
@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from app.chain.anvil import AnvilNode, find_anvil, fund
+from app.chain.anvil import AnvilNode, fund
 
 with warnings.catch_warnings():
     # web3 7 imports websockets' legacy client at import time; we only use HTTP.
@@ -48,11 +48,9 @@ def _artifact() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilNode]:
-    binary = find_anvil(os.environ.get("JAMINS_ANVIL_PATH"))
-    log_file = tmp_path_factory.mktemp("anvil") / "anvil.log"
-    with AnvilNode(binary=binary, log_file=log_file) as running:
-        yield running
+def node(anvil: AnvilNode) -> AnvilNode:
+    """The session's anvil: each module's registrar is a new deployment on it."""
+    return anvil
 
 
 @pytest.fixture(scope="module")

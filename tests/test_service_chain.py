@@ -40,7 +40,7 @@ def run_with_service(
     tmp_path: Path, node: FakeNode, scenario: ServiceScenario, **service: Any
 ) -> None:
     url = f"sqlite:///{tmp_path / 's.sqlite3'}"
-    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
     migrate(settings)
 
     async def go() -> None:

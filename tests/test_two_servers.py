@@ -24,9 +24,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def ticking_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
-    """A node that seals a block every second: anvil (default), or geth's Clique (period 1)
-    for tests parametrized indirectly with "geth"."""
+    """A node that seals a block every second: anvil (default), or the session's geth
+    (Clique, period 1: it ticks already) for tests parametrized indirectly with "geth"."""
     kind = getattr(request, "param", "anvil")
+    if kind == "geth":
+        yield request.getfixturevalue("geth")
+        return
     with own_chain_node(kind, request, tmp_path / "geth", block_time=1) as node:
         yield node
 

@@ -33,7 +33,7 @@ Scenario = Callable[[FakeNode, TxWriter, DB], Awaitable[None]]
 def run_with_writer(tmp_path: Path, node: FakeNode, scenario: Scenario, **writer: Any) -> None:
     settings = Settings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'w.sqlite3'}"
-    )  # type: ignore[call-arg]
+    )
     migrate(settings)
 
     async def go() -> None:
