@@ -12,6 +12,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -78,11 +79,12 @@ def one_second_blocks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
 def test_kill_9_with_pending_and_in_flight_registrations_on_1s_blocks(
     one_second_blocks: ChainNode, tmp_path: Path
 ) -> None:
-    accepted = 9
+    accepted = 12
     node = one_second_blocks
     key = funded_key(node)
-    # Two in flight at a time: at the kill some are confirmed, two are sent and not
-    # mined, and the rest wait unsent in SQL.
+    # Two in flight at a time, so the twelve take six 1 s blocks: when the first is
+    # confirmed and the server is killed, two are sent and not mined and most wait unsent
+    # in SQL. They are posted at once, so no pace of the client's changes that.
     server = ServerProcess(
         data_dir=tmp_path / "server", env=_server_env(node, key, JAMINS_MAX_IN_FLIGHT="2")
     )
@@ -90,9 +92,15 @@ def test_kill_9_with_pending_and_in_flight_registrations_on_1s_blocks(
     names = [unique_name("kill") for _ in range(accepted)]
     accounts = quick_accounts(accepted, offset=0)
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            for name, account in zip(names, accounts, strict=True):
-                assert _post(http, name, account.registration_body(name)) == 200
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as http,
+            ThreadPoolExecutor(max_workers=accepted) as pool,
+        ):
+            posted = pool.map(
+                lambda pair: _post(http, pair[0], pair[1].registration_body(pair[0])),
+                zip(names, accounts, strict=True),
+            )
+            assert list(posted) == [200] * accepted
         server.wait_settled(names[0])
         states = [server.registration(name) for name in names]
         server.kill()
