@@ -59,9 +59,9 @@ def written_records() -> list[DirectRecord]:
             publickey=base64.b64encode(secrets.token_bytes(800)).decode(),
             signature=base64.b64encode(secrets.token_bytes(512)).decode(),
         )
-        for _ in range(25)
+        for _ in range(5)
     ]
-    bare = [DirectRecord(name=unique_name("old"), jami_id=secrets.token_hex(20)) for _ in range(8)]
+    bare = [DirectRecord(name=unique_name("old"), jami_id=secrets.token_hex(20)) for _ in range(2)]
     unicode = [DirectRecord(name="élodie-" + secrets.token_hex(2), jami_id=secrets.token_hex(20))]
     return keyed + bare + unicode
 
