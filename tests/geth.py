@@ -24,7 +24,7 @@ from typing import IO, Any
 from eth_account import Account
 
 from app.chain.anvil import AnvilRPCError, rpc
-from tests.server import REPO_ROOT, free_port
+from tests.server import REPO_ROOT, die_with_parent, free_port
 
 GETH_VERSION = "1.13.15"
 DEFAULT_GETH = REPO_ROOT / ".geth" / "bin" / "geth"
@@ -78,13 +78,6 @@ def write_genesis(
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)
     document: dict[str, Any] = json.loads(path.read_text())
     return document
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel SIGTERMs geth if the test process dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class GethNode:
@@ -214,7 +207,7 @@ class GethNode:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         deadline = time.monotonic() + timeout
         while True:

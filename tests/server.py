@@ -33,6 +33,33 @@ def free_port() -> int:
         return port
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the kernel SIGTERMs the child when the test process dies
+    (PR_SET_PDEATHSIG), so a run killed outright leaves no server or node behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def is_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a container's init may not reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether `pid` ended within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class ServerProcess:
     """One `python -m app serve` process with the given JAMINS_* environment."""
 
@@ -77,6 +104,7 @@ class ServerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -20,8 +20,8 @@ from app.chain.anvil import (
     fund,
     rpc,
 )
+from tests.server import REPO_ROOT, is_running, wait_gone
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_ACCOUNT = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # anvil's first dev account
 # Init code: SSTORE(0, 0x2a), then return the 1-byte runtime code 0x00 (STOP).
 INIT_CODE = "0x602a600055" + "6001601160003960016000f3" + "00"
@@ -32,24 +32,6 @@ def node(anvil: AnvilNode) -> AnvilNode:
     """The session's node (an AnvilNode like any): tests that stop, kill or restart a node
     start their own."""
     return anvil
-
-
-def _is_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a container's init may not reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _is_running(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _deploy(url: str) -> tuple[str, str]:
@@ -103,10 +85,10 @@ def test_stop_leaves_no_process(anvil_binary: str) -> None:
     node = AnvilNode(binary=anvil_binary)
     node.start()
     pid = node.pid
-    assert pid is not None and _is_running(pid)
+    assert pid is not None and is_running(pid)
     node.stop()
     assert node.pid is None
-    assert not _is_running(pid)
+    assert not is_running(pid)
     node.stop()  # idempotent
 
 
@@ -119,7 +101,7 @@ def test_kill_leaves_no_process_and_no_state(anvil_binary: str, tmp_path: Path) 
     rpc(node.url, "evm_mine")
     node.kill()
     assert node.pid is None
-    assert not _is_running(pid)
+    assert not is_running(pid)
     assert not state_file.exists()
     node.kill()  # idempotent
 
@@ -171,12 +153,12 @@ def test_parent_death_stops_anvil(anvil_binary: str) -> None:
     try:
         assert parent.stdout is not None
         anvil_pid = int(parent.stdout.readline())
-        assert _is_running(anvil_pid)
+        assert is_running(anvil_pid)
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         parent.stdout.close()  # type: ignore[union-attr]
-    assert _wait_gone(anvil_pid), f"anvil pid {anvil_pid} outlived its parent"
+    assert wait_gone(anvil_pid), f"anvil pid {anvil_pid} outlived its parent"
 
 
 def test_restart_keeps_historical_reads_when_preserved(anvil_binary: str, tmp_path: Path) -> None:
