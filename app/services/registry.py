@@ -278,10 +278,13 @@ class NameService:
         for lookup_name to decide (the chain, the negative cache, a pending record)."""
         stamp = self.answers.stamp()
         record = await self.reader.name(folded)
-        if record is None or (record.pending and not self.serve_pending):
+        if record is None:
             return None
+        try:
+            view = self._answerable(record, stamp)
+        except RegistrationPending:
+            return None  # lookup_name answers it (its 503), with the same rule
         self.cache_counts["name", "hit"] += 1
-        view = _view(record, stamp)
         body = view.body()
         self.answers.keep_name(folded, body, view.cache_token)
         return body
