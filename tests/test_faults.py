@@ -101,8 +101,9 @@ def test_kill_9_with_pending_and_in_flight_registrations_on_1s_blocks(
                 zip(names, accounts, strict=True),
             )
             assert list(posted) == [200] * accepted
-        server.wait_settled(names[0])
-        states = [server.registration(name) for name in names]
+        # The twelve are accepted in no set order, so the kill waits for whichever is
+        # confirmed first, not for names[0] (which may be the last one sent).
+        states = _states_at_first_confirmation(server, names)
         server.kill()
     finally:
         server.stop()
@@ -135,6 +136,20 @@ def test_kill_9_with_pending_and_in_flight_registrations_on_1s_blocks(
     # One deployment and exactly one transaction per registration: no gap, no double.
     assert sent == 1 + accepted
     assert len({s["tx"] for s in confirmed}) == accepted
+
+
+def _states_at_first_confirmation(
+    server: ServerProcess, names: list[str], timeout: float = 30.0
+) -> list[dict[str, object]]:
+    """Poll every name's registration until one of them is confirmed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [server.registration(name) for name in names]
+        if any(s["state"] == "confirmed" for s in states):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"none confirmed after {timeout} s: {states}")
+        time.sleep(0.05)
 
 
 def test_kill_9_then_node_restart_from_its_state_file_confirms_mined_registrations(
