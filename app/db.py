@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 from app.errors import DatabaseUnavailable
-from app.models import Meta, NameRecord
+from app.models import PENDING, Meta, NameRecord, Registration
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,22 @@ _COLUMNS = (
     NameRecord.pending,
 )
 _SQL_COLUMNS = "name, folded_name, addr, owner, publickey, signature, pending"
+
+
+def _name_row(row: Any) -> NameRow:
+    return NameRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+class Claims(NamedTuple):
+    """What SQL holds against a registration of one fold for one Jami ID."""
+
+    name_addr: str | None  # the address of the names row of this fold
+    claim_addr: str | None  # the address a registration claims this fold for
+    addr_claim: str | None  # the name a registration claims for this ID
+    lookalike: str | None  # a name of another fold with the same UTS #39 skeleton
+    pending: int  # registrations still pending (the admission queue)
+
+
 # Rows pointing at one ID, in a fixed order (answers must not flip): pending rows first.
 _POINTING_ORDER = "pending DESC, name"
 
@@ -210,53 +226,77 @@ class LookupReader:
             self._sqlite = connection
         return self._sqlite
 
-    def _read_sqlite(self, sql: str, parameters: tuple[str, ...]) -> list[NameRow] | None:
+    def _read_sqlite(self, sql: str, parameters: tuple[str, ...]) -> list[tuple[Any, ...]] | None:
         """The rows, or None when SQLite could not answer at once (then read async)."""
         try:
-            rows = self._sqlite_connection().execute(sql, parameters).fetchall()
+            return self._sqlite_connection().execute(sql, parameters).fetchall()
         except sqlite3.Error as exc:
             logger.debug("read on the loop failed (%s): reading through the engine", exc)
             self.close()
             return None
-        return [
-            NameRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
-        ]
+
+    async def _rows(self, sql: str, parameters: tuple[str, ...], statement: Any) -> list[Any]:
+        """`sql` on SQLite's loop connection, else (PostgreSQL, or SQLite busy) the Core
+        `statement` through the engine."""
+        if self.sqlite_path is not None:
+            rows = self._read_sqlite(sql, parameters)
+            if rows is not None:
+                return rows
+        with _unavailable_on_failure():
+            async with self.engine.connect() as connection:
+                return list(await connection.execute(statement))
 
     async def name(self, folded: str) -> NameRow | None:
         """The row whose fold is `folded`."""
-        if self.sqlite_path is not None:
-            rows = self._read_sqlite(
-                f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?", (folded,)
-            )
-            if rows is not None:
-                return rows[0] if rows else None
-        rows = await self._read_core(
-            select(*_COLUMNS).where(NameRecord.folded_name == folded).limit(1)
+        rows = await self._rows(
+            f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?",
+            (folded,),
+            select(*_COLUMNS).where(NameRecord.folded_name == folded).limit(1),
         )
-        return rows[0] if rows else None
+        return _name_row(rows[0]) if rows else None
 
     async def pointing_at(self, jami_id: str, limit: int) -> list[NameRow]:
         """Up to `limit` rows whose address is `jami_id`, pending first, then by name."""
-        if self.sqlite_path is not None:
-            rows = self._read_sqlite(
-                f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
-                f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
-                (jami_id,),
-            )
-            if rows is not None:
-                return rows
-        return await self._read_core(
+        rows = await self._rows(
+            f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
+            f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
+            (jami_id,),
             select(*_COLUMNS)
             .where(NameRecord.addr == jami_id)
             .order_by(NameRecord.pending.desc(), NameRecord.name)
-            .limit(limit)
+            .limit(limit),
         )
+        return [_name_row(row) for row in rows]
 
-    async def _read_core(self, statement: Any) -> list[NameRow]:
-        with _unavailable_on_failure():
-            async with self.engine.connect() as connection:
-                result = await connection.execute(statement)
-                return [NameRow(*row) for row in result]
+    async def claims(self, folded: str, jami_id: str, skeleton: str) -> Claims:
+        """What SQL holds against registering `folded` for `jami_id`, in one statement."""
+        rows = await self._rows(
+            "SELECT (SELECT addr FROM names WHERE folded_name = ?),"
+            " (SELECT addr FROM registrations WHERE claim_name = ?),"
+            " (SELECT name FROM registrations WHERE claim_addr = ?),"
+            " (SELECT name FROM names WHERE skeleton = ? AND folded_name != ? LIMIT 1),"
+            " (SELECT count(*) FROM registrations WHERE state = ?)",
+            (folded, folded, jami_id, skeleton, folded, PENDING),
+            select(
+                select(NameRecord.addr).where(NameRecord.folded_name == folded).scalar_subquery(),
+                select(Registration.addr)
+                .where(Registration.claim_name == folded)
+                .scalar_subquery(),
+                select(Registration.name)
+                .where(Registration.claim_addr == jami_id)
+                .scalar_subquery(),
+                select(NameRecord.name)
+                .where(NameRecord.skeleton == skeleton, NameRecord.folded_name != folded)
+                .limit(1)
+                .scalar_subquery(),
+                select(func.count())
+                .select_from(Registration)
+                .where(Registration.state == PENDING)
+                .scalar_subquery(),
+            ),
+        )
+        name_addr, claim_addr, addr_claim, lookalike, pending = rows[0]
+        return Claims(name_addr, claim_addr, addr_claim, lookalike, int(pending or 0))
 
     def close(self) -> None:
         if self._sqlite is not None:

@@ -25,6 +25,7 @@ from web3.providers.async_base import AsyncBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
 from app.chain.client import ChainClient
+from app.errors import ChainUnavailable
 
 CHAIN_ID = 1551
 REGISTRAR = "0x" + "52" * 20
@@ -91,7 +92,9 @@ class FakeNode:
 
     def client(self) -> ChainClient:
         client = ChainClient("http://fake-node", timeout=5)
-        client.w3 = AsyncWeb3(FakeProvider(self))  # type: ignore[arg-type]
+        provider = FakeProvider(self)
+        client.w3 = AsyncWeb3(provider)  # type: ignore[arg-type]
+        client.transport = FakeTransport(provider)
         return client
 
     # -- the model of the registrar ------------------------------------------------------
@@ -405,3 +408,25 @@ class FakeProvider(AsyncBaseProvider):
 
     async def is_connected(self, show_traceback: bool = False) -> bool:
         return not self.node.refuse
+
+
+class FakeTransport:
+    """ChainClient's raw JSON-RPC transport (app.chain.client.HttpTransport) on the same
+    fake node: what HttpTransport sends, answered as FakeProvider answers web3."""
+
+    def __init__(self, provider: FakeProvider) -> None:
+        self.provider = provider
+
+    async def send(self, payload: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        try:
+            if isinstance(payload, list):
+                calls = [(RPCEndpoint(call["method"]), call["params"]) for call in payload]
+                return await self.provider.make_batch_request(calls)
+            return await self.provider.make_request(
+                RPCEndpoint(payload["method"]), payload["params"]
+            )
+        except aiohttp.ClientError as exc:
+            raise ChainUnavailable() from exc
+
+    async def close(self) -> None:
+        pass

@@ -43,7 +43,7 @@ TEST_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 
 # (HTTP status, Content-Type, body), or None for a node that never answers.
 Reply = tuple[int, str, bytes] | None
-Responder = Callable[[dict[str, Any]], Reply]
+Responder = Callable[[Any], Reply]
 
 
 class _RPCHandler(BaseHTTPRequestHandler):
@@ -52,6 +52,12 @@ class _RPCHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(request)
+        self.server.connections.append(self.client_address)
+        if self.server.drop_request == len(self.server.requests):
+            # The node closed this kept-alive connection as the request arrived (its idle
+            # timeout, a restart): no answer on it.
+            self.close_connection = True
+            return
         reply = self.server.responder(request)
         if reply is None:
             # Hold the connection open, silent, until the fixture stops the node.
@@ -69,21 +75,30 @@ class _RPCHandler(BaseHTTPRequestHandler):
         pass  # keep the test output clean
 
 
+class _KeepAliveRPCHandler(_RPCHandler):
+    protocol_version = "HTTP/1.1"  # connections stay open between requests, as geth's do
+
+
 class _FakeNodeServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, responder: Responder) -> None:
-        super().__init__(("127.0.0.1", 0), _RPCHandler)
+    def __init__(self, responder: Responder, *, keep_alive: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _KeepAliveRPCHandler if keep_alive else _RPCHandler)
         self.responder = responder
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[Any] = []
+        # The client's (host, port) of each request: which TCP connection carried it.
+        self.connections: list[tuple[str, int]] = []
+        # The number of the request (1 = the first) on whose arrival the node closes the
+        # connection without answering, if any.
+        self.drop_request: int | None = None
         self.stopping = threading.Event()
 
 
 class FakeNode:
     """A JSON-RPC endpoint on a free 127.0.0.1 port, answering with `responder`."""
 
-    def __init__(self, responder: Responder) -> None:
-        self._server = _FakeNodeServer(responder)
+    def __init__(self, responder: Responder, *, keep_alive: bool = False) -> None:
+        self._server = _FakeNodeServer(responder, keep_alive=keep_alive)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -92,9 +107,17 @@ class FakeNode:
         self.url = f"http://{host!s}:{port}"
 
     @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Every JSON-RPC request the node received, in order."""
+    def requests(self) -> list[Any]:
+        """Every JSON-RPC request (or batch) the node received, in order."""
         return self._server.requests
+
+    @property
+    def connections(self) -> list[tuple[str, int]]:
+        """The client's address of each request, in order."""
+        return self._server.connections
+
+    def drop_connection_at(self, request_number: int) -> None:
+        self._server.drop_request = request_number
 
     def stop(self) -> None:
         self._server.stopping.set()
@@ -405,3 +428,90 @@ def test_call_cancelled_while_waiting_for_the_session_lock_leaves_client_usable(
         return await client.chain_id()
 
     assert with_client(node.url, 2, use) == JAMI_CHAIN_ID
+
+
+def keep_alive_node() -> FakeNode:
+    """A node on HTTP/1.1 that answers eth_chainId, alone or in batches (in reverse order:
+    JSON-RPC lets a node answer a batch's requests in any order)."""
+
+    def respond(request: Any) -> Reply:
+        if isinstance(request, list):
+            answers = [
+                {"jsonrpc": "2.0", "id": call["id"], "result": call["params"]} for call in request
+            ]
+            return 200, "application/json", json.dumps(answers[::-1]).encode()
+        return rpc_result(request, "0x60f")
+
+    return FakeNode(respond, keep_alive=True)
+
+
+@pytest.fixture
+def kept_alive() -> Iterator[FakeNode]:
+    node = keep_alive_node()
+    yield node
+    node.stop()
+
+
+def test_raw_reads_share_one_kept_alive_connection(kept_alive: FakeNode) -> None:
+    """The reads lookups and registrations wait for open no TCP connection of their own
+    (web3's provider opens one per request)."""
+
+    async def use(client: ChainClient) -> list[Any]:
+        return [await client.rpc("eth_chainId", []) for _ in range(3)]
+
+    assert with_client(kept_alive.url, 2, use) == ["0x60f"] * 3
+    assert len(kept_alive.connections) == 3
+    assert len(set(kept_alive.connections)) == 1
+
+
+def test_raw_read_on_a_connection_the_node_closed_is_sent_again(kept_alive: FakeNode) -> None:
+    """A kept-alive connection the node closed meanwhile (its idle timeout, a restart) is
+    not the node's answer: the read goes again on a new connection."""
+    kept_alive.drop_connection_at(2)
+
+    async def use(client: ChainClient) -> list[Any]:
+        return [await client.rpc("eth_chainId", []) for _ in range(2)]
+
+    assert with_client(kept_alive.url, 2, use) == ["0x60f"] * 2
+    first, dropped, again = kept_alive.connections
+    assert dropped == first and again != first
+
+
+def test_raw_batch_answered_out_of_order_comes_back_in_order(kept_alive: FakeNode) -> None:
+    calls: list[tuple[str, list[Any]]] = [("eth_call", [index]) for index in range(5)]
+
+    results = with_client(kept_alive.url, 2, lambda client: client.rpc_batch(calls))
+
+    assert results == [[index] for index in range(5)]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param((500, "text/plain", b"Internal Server Error"), id="http-500-text"),
+        pytest.param((200, "text/html", b"<html>captive portal</html>"), id="http-200-html"),
+        pytest.param((200, "application/json", b"{truncated"), id="http-200-broken-json"),
+        pytest.param((200, "application/json", b'"ok"'), id="http-200-not-json-rpc"),
+    ],
+)
+def test_raw_read_malformed_answer_is_unavailable(
+    start_node: Callable[[Responder], FakeNode], reply: Reply
+) -> None:
+    node = start_node(lambda request: reply)
+
+    with pytest.raises(ChainUnavailable):
+        with_client(node.url, 2, lambda client: client.rpc("eth_chainId", []))
+    with pytest.raises(ChainUnavailable):
+        with_client(node.url, 2, lambda client: client.rpc_batch([("eth_chainId", [])]))
+
+
+def test_raw_read_unreachable_node_is_unavailable() -> None:
+    with pytest.raises(ChainUnavailable):
+        with_client(closed_port_url(), 60, lambda client: client.rpc("eth_chainId", []))
+
+
+def test_raw_read_silent_node_times_out(start_node: Callable[[Responder], FakeNode]) -> None:
+    node = start_node(lambda request: None)
+
+    with pytest.raises(ChainUnavailable, match="timed out"):
+        with_client(node.url, 0.5, lambda client: client.rpc("eth_chainId", []))

@@ -1,4 +1,5 @@
-"""No two names alike (app/services/lookalikes.py and the names.skeleton column), on a real
+"""No two names alike (app/services/lookalikes.py, LookupReader.claims and the names.skeleton
+column), on a real
 SQLite file and a real PostgreSQL server; the registry over an in-process fake chain."""
 
 # The look-alikes are the point.
@@ -18,12 +19,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.chain.registrar import ChainRecord, Registrar
-from app.db import make_async_engine, make_sessionmaker, migrate, session_scope
+from app.db import (
+    Claims,
+    LookupReader,
+    make_async_engine,
+    make_sessionmaker,
+    migrate,
+    session_scope,
+)
 from app.errors import NameTaken
 from app.models import NameRecord
 from app.names import fold, name_skeleton
-from app.services import registry
-from app.services.lookalikes import lookalike_taken
 from app.services.records import apply_records
 from app.services.registry import NameService, RegistrationRequest
 from app.settings import Settings
@@ -76,6 +82,16 @@ async def store(db: DB, name: str, *, pending: bool = False) -> None:
                 pending=pending,
             )
         )
+
+
+async def lookalike_taken(db: DB, name: str) -> str | None:
+    """The taken look-alike of `name` the registry's one read finds (LookupReader.claims)."""
+    reader = LookupReader(db.kw["bind"])
+    try:
+        claims = await reader.claims(fold(name), secrets.token_hex(20), name_skeleton(name))
+    finally:
+        reader.close()
+    return claims.lookalike
 
 
 async def stored_skeleton(db: DB, name: str) -> str | None:
@@ -145,13 +161,19 @@ def test_register_lookalikes_racing_one_is_409(
     """Both registrations pass the look-alike check before either is stored (a barrier holds
     them there): one is accepted, the other is 409, whichever wins."""
     barrier = asyncio.Barrier(2)
+    first_reads: list[str] = []
+    read_claims = LookupReader.claims
 
-    async def check_then_wait(db: DB, name: str) -> str | None:
-        found = await lookalike_taken(db, name)
-        await barrier.wait()
-        return found
+    async def read_then_wait(
+        reader: LookupReader, folded: str, jami_id: str, skeleton: str
+    ) -> Claims:
+        claims = await read_claims(reader, folded, jami_id, skeleton)
+        if len(first_reads) < 2:  # each attempt's first read, not the loser's re-read
+            first_reads.append(folded)
+            await barrier.wait()
+        return claims
 
-    monkeypatch.setattr(registry, "lookalike_taken", check_then_wait)
+    monkeypatch.setattr(LookupReader, "claims", read_then_wait)
 
     async def scenario(db: DB) -> None:
         node = FakeNode()

@@ -22,10 +22,11 @@ does not, seen on the real binary (tests/test_geth.py):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -38,7 +39,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.middleware import ExtraDataToPOAMiddleware
-from web3.types import BlockIdentifier, RPCEndpoint
+from web3.types import BlockIdentifier
 
 from app.errors import ChainUnavailable
 
@@ -115,6 +116,83 @@ def make_web3(url: str, timeout: float) -> AsyncWeb3[AsyncHTTPProvider]:
     return w3
 
 
+class JsonRpcTransport(Protocol):
+    """Sends one JSON-RPC request or batch (each without "jsonrpc" and "id": the transport
+    numbers them) and returns the node's decoded answer."""
+
+    async def send(self, payload: dict[str, Any] | list[dict[str, Any]]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpTransport:
+    """JSON-RPC over HTTP on kept-alive connections.
+
+    web3.py's provider opens a TCP connection per request (its connector has
+    `force_close=True`) and takes a threading lock through a thread pool before each one:
+    together about a millisecond of the event loop's time and a thread hand-off for every
+    chain read. The reads that lookups and registrations wait for go through here instead;
+    web3 keeps the rest (transactions, receipts, the writer's and provisioning's calls).
+
+    A kept-alive connection the node closed meanwhile (a restart, its idle timeout) fails
+    on first use: the request is then sent once more, on a new connection. Every request
+    here is a read (or anvil's evm_mine, which the embedded node's clock repeats anyway)."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+
+    def _session_on_this_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or session.closed or self._session_loop is not loop:
+            # One session per event loop (aiohttp binds it to the loop that made it): a
+            # client used from a new loop (the CLI runs several) starts a new one.
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), json_serialize=json.dumps
+            )
+            self._session, self._session_loop = session, loop
+        return session
+
+    def _number(self, call: dict[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": next(self._ids), **call}
+
+    async def send(self, payload: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        body = (
+            [self._number(call) for call in payload]
+            if isinstance(payload, list)
+            else self._number(payload)
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                try:
+                    return await self._post(body)
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    # A kept-alive connection the node had closed: once more, afresh.
+                    return await self._post(body)
+        except TimeoutError as exc:
+            raise ChainUnavailable("chain node timed out") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ChainUnavailable() from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # Not a JSON-RPC answer (a proxy's error page): the node is not reachable.
+            raise ChainUnavailable("chain node sent a malformed answer") from exc
+
+    async def _post(self, body: Any) -> Any:
+        async with self._session_on_this_loop().post(self.url, json=body) as answer:
+            if answer.status != 200:
+                raise ChainUnavailable(f"chain node answered HTTP {answer.status}")
+            return json.loads(await answer.read())
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
 def _forget(request: asyncio.Future[Any]) -> None:
     """The end of a request no one waits for any more: its error is not worth a warning."""
     if not request.cancelled():
@@ -128,6 +206,8 @@ class ChainClient:
         self.url = url
         self.timeout = timeout
         self.w3 = make_web3(url, timeout)
+        # The reads lookups and registrations wait for (raw eth_calls, logs, blocks).
+        self.transport: JsonRpcTransport = HttpTransport(url, timeout=timeout)
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a web3 call; unreachable or slow node → ChainUnavailable, RPC error →
@@ -154,7 +234,9 @@ class ChainClient:
 
     async def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call (no web3 formatting): the `result`, or ChainRejected."""
-        response = await self.call(self.w3.provider.make_request(RPCEndpoint(method), params))
+        response = await self.transport.send({"method": method, "params": params})
+        if not isinstance(response, dict):
+            raise ChainUnavailable("chain node sent a malformed answer")
         if "error" in response:
             raise translate_error(_error_text(response["error"]))
         return response.get("result")
@@ -168,10 +250,16 @@ class ChainClient:
         return results
 
     async def _one_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        batch = [(RPCEndpoint(method), params) for method, params in calls]
-        responses = await self.call(self.w3.provider.make_batch_request(batch))
-        if not isinstance(responses, list):  # the node refused the batch as a whole
+        responses = await self.transport.send(
+            [{"method": method, "params": params} for method, params in calls]
+        )
+        if isinstance(responses, dict):  # the node refused the batch as a whole
             raise translate_error(_error_text(responses.get("error")))
+        if not isinstance(responses, list):
+            raise ChainUnavailable("chain node sent a malformed answer")
+        # JSON-RPC lets a node answer a batch in any order: the ids put it back.
+        if all(isinstance(response, dict) for response in responses):
+            responses = sorted(responses, key=_id_order)
         results = []
         for response in responses:
             if "error" in response:
@@ -232,9 +320,15 @@ class ChainClient:
             )
 
     async def close(self) -> None:
+        await self.transport.close()
         provider = self.w3.provider
         if isinstance(provider, AsyncHTTPProvider):
             await provider.disconnect()
+
+
+def _id_order(response: dict[str, Any]) -> int:
+    identifier = response.get("id")
+    return identifier if isinstance(identifier, int) else -1
 
 
 def _error_text(error: Any) -> str:

@@ -1,10 +1,11 @@
-"""No two names alike: is a name that looks like this one (same UTS #39 skeleton) taken?
+"""No two names alike: a name that looks like a taken one (same UTS #39 skeleton) is taken.
 
-The answer comes from SQL, which holds every name this server accepted and every name it
-has seen on the chain (the indexer follows the registrar's events; lookups fill on read).
-The chain itself cannot be asked: the contract finds a name by its exact bytes, not by what
-it looks like. A name written on the chain by someone else and not yet indexed is therefore
-not seen here, for the few seconds until the indexer catches up.
+The taken look-alike comes from SQL (`LookupReader.claims`, in the one read a registration
+makes before it is accepted), which holds every name this server accepted and every name
+it has seen on the chain (the indexer follows the registrar's events; lookups fill on
+read). The chain itself cannot be asked: the contract finds a name by its exact bytes, not
+by what it looks like. A name written on the chain by someone else and not yet indexed is
+therefore not seen here, for the few seconds until the indexer catches up.
 
 Two look-alike registrations checked at the same instant both pass this check; the unique
 index over the skeletons of pending names (app/models.py) then refuses the second insert,
@@ -15,26 +16,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from app import names
-from app.db import session_scope
-from app.models import NameRecord
+from app.errors import NameTaken
 
 logger = logging.getLogger(__name__)
 
 
-async def lookalike_taken(sessionmaker: async_sessionmaker[AsyncSession], name: str) -> str | None:
-    """The taken name that looks like `name` but is another name (another fold), or None."""
-    key = names.name_skeleton(name)
-    folded = names.fold(name)
-    async with session_scope(sessionmaker) as session:
-        found = await session.scalar(
-            select(NameRecord.name)
-            .where(NameRecord.skeleton == key, NameRecord.folded_name != folded)
-            .limit(1)
-        )
-    if found is not None:
-        logger.info("registration of %r refused: looks like %r", name, found)
-    return found
+def refuse_lookalike(name: str, lookalike: str | None) -> None:
+    """Raise NameTaken when `lookalike`, a taken name of another fold with the same
+    skeleton as `name`, exists."""
+    if lookalike is not None:
+        logger.info("registration of %r refused: looks like %r", name, lookalike)
+        raise NameTaken()

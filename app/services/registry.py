@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import names, proofs
 from app.chain.registrar import ZERO_ADDRESS, ChainRecord, Registrar, servable
-from app.db import LookupReader, NameRow, session_scope
+from app.db import Claims, LookupReader, NameRow, session_scope
 from app.errors import (
     AddressHasName,
     AddressNotRegistered,
@@ -41,11 +41,11 @@ from app.errors import (
     RegistrationsDisabled,
     ServiceUnavailable,
 )
-from app.models import PENDING, NameRecord, Registration
+from app.models import NameRecord, Registration
 from app.services.acceptance import GroupCommit
 from app.services.admission import Admission
 from app.services.answers import Answers, answer_bytes
-from app.services.lookalikes import lookalike_taken
+from app.services.lookalikes import refuse_lookalike
 from app.services.records import (
     Claim,
     RegistrationStatus,
@@ -142,16 +142,6 @@ def _chain_candidates(name: str, folded: str) -> list[str]:
 # anyone can add rows. Pending rows (accepted here) come first so none crowds them out;
 # any other proven binding is also the chain's reverse entry, read after these.
 REVERSE_CANDIDATES = 4
-
-
-def _records_pointing_at(jami_id: str) -> Select[NameRecord]:
-    """SQL rows whose address is `jami_id`, in a fixed order (answers must not flip)."""
-    return (
-        select(NameRecord)
-        .where(NameRecord.addr == jami_id)
-        .order_by(NameRecord.pending.desc(), NameRecord.name)
-        .limit(REVERSE_CANDIDATES)
-    )
 
 
 def _proves_binding(record: NameRecord | NameRow, jami_id: str) -> bool:
@@ -455,16 +445,17 @@ class NameService:
             raise RegistrationsDisabled()
         owner = self.owner_address
 
-        if await self._check_sql(folded, jami_id, name):
+        # Everything SQL holds against this registration, in one read.
+        claims = await self.reader.claims(folded, jami_id, names.name_skeleton(name))
+        if await self._check_sql(folded, jami_id, claims):
             return  # the same binding already exists: idempotent
         if await self._check_chain(name, folded, jami_id):
             return
-        if await lookalike_taken(self.sessionmaker, name):
-            raise NameTaken()  # same UTS #39 skeleton as a taken name (README "Name policy")
+        refuse_lookalike(name, claims.lookalike)  # README "Name policy"
         if self.admission is not None:
             # Only registrations that would join the queue count: a retry of an accepted
             # one, or a 403/409, costs the chain nothing.
-            self.admission.check_queue(await self._pending_count())
+            self.admission.check_queue(claims.pending)
             self.admission.take(client or "unknown")
         token_taken = self.admission is not None
 
@@ -484,7 +475,8 @@ class NameService:
         except sqlalchemy.exc.IntegrityError:
             # Another request claimed the name or the address between our check and
             # our insert: answer as if it had come first.
-            if await self._check_sql(folded, jami_id, name):
+            claims = await self.reader.claims(folded, jami_id, names.name_skeleton(name))
+            if await self._check_sql(folded, jami_id, claims):
                 if token_taken and self.admission is not None:
                     # A copy accepted by another worker: this one joins no queue.
                     self.admission.give_back(client or "unknown")
@@ -495,49 +487,28 @@ class NameService:
         for callback in self.on_accepted:
             callback()
 
-    async def _pending_count(self) -> int:
-        async with session_scope(self.sessionmaker) as session:
-            count = await session.scalar(
-                select(func.count()).select_from(Registration).where(Registration.state == PENDING)
-            )
-        return int(count or 0)
-
-    async def _check_sql(self, folded: str, jami_id: str, name: str) -> bool:
+    async def _check_sql(self, folded: str, jami_id: str, claims: Claims) -> bool:
         """True when SQL already binds this name to this ID; raises when it conflicts."""
-        async with session_scope(self.sessionmaker) as session:
-            by_name = await session.scalar(
-                select(NameRecord).where(NameRecord.folded_name == folded)
-            )
-            if by_name is not None:
-                if by_name.addr == jami_id:
+        for addr in (claims.name_addr, claims.claim_addr):  # its names row, its claim
+            if addr is not None:
+                if addr == jami_id:
                     return True
                 raise NameTaken()
-            claim = await session.scalar(
-                select(Registration).where(Registration.claim_name == folded)
-            )
-            if claim is not None:
-                if claim.addr == jami_id:
-                    return True
-                raise NameTaken()
-            # Only a record that proves the binding says "this ID has a name": anyone can
-            # point a name of theirs at any ID (setAddress, not primary) without a reverse
-            # entry, and the chain would still accept this registration.
-            by_addr = next(
-                (
-                    record.name
-                    for record in await session.scalars(_records_pointing_at(jami_id))
-                    if _proves_binding(record, jami_id)
-                ),
-                None,
-            )
-            if by_addr is None:
-                by_addr = await session.scalar(
-                    select(Registration.name).where(Registration.claim_addr == jami_id)
-                )
-            if by_addr is not None:
-                if names.fold(by_addr) == folded:
-                    return True  # the same binding, committed after our first reads
-                raise AddressHasName(name=by_addr, addr=jami_id)
+        # Only a record that proves the binding says "this ID has a name": anyone can
+        # point a name of theirs at any ID (setAddress, not primary) without a reverse
+        # entry, and the chain would still accept this registration.
+        by_addr = next(
+            (
+                record.name
+                for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES)
+                if _proves_binding(record, jami_id)
+            ),
+            claims.addr_claim,
+        )
+        if by_addr is not None:
+            if names.fold(by_addr) == folded:
+                return True  # the same binding, committed after our first reads
+            raise AddressHasName(name=by_addr, addr=jami_id)
         return False
 
     async def _check_chain(self, name: str, folded: str, jami_id: str) -> bool:
