@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import json
 import secrets
 from collections.abc import Callable
@@ -17,7 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
+from app.api import ops, routes
 from tests.conftest import unique_name
 from tests.jami_keys import JamiAccount, account_pool
 
@@ -299,3 +303,33 @@ def test_openapi_documents_real_status_codes(app_http: httpx.Client) -> None:
     assert "422" not in get
     assert "/registrations/{name}" in spec["paths"]
     assert app_http.get("/docs").status_code == 200
+
+
+# -- how the routes run -------------------------------------------------------------------
+
+
+def _callables(dependant: Dependant) -> list[Callable[..., Any]]:
+    found = [dependant.call] if dependant.call is not None else []
+    for dependency in dependant.dependencies:
+        found += _callables(dependency)
+    return found
+
+
+def test_no_route_or_dependency_of_ours_runs_in_a_worker_thread() -> None:
+    """FastAPI runs a plain `def` endpoint or dependency in a worker thread: a hand-off per
+    request, and a thread start per concurrent request in a burst (a burst of 30
+    registrations started 29 threads for two one-line dependencies)."""
+    ours = [
+        route
+        for router in (routes.router, ops.router)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    assert len(ours) >= 10
+    in_threads = [
+        f"{route.path}: {function.__qualname__}"
+        for route in ours
+        for function in _callables(route.dependant)
+        if not inspect.iscoroutinefunction(function)
+    ]
+    assert in_threads == []

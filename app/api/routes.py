@@ -27,7 +27,11 @@ MAX_BODY_BYTES = 16 * 1024  # a real RSA-4096 registration is 1884 bytes
 router = APIRouter()
 
 
-def get_service(request: Request) -> NameService:
+# Dependencies are coroutines: FastAPI runs a plain `def` in a worker thread, a thread
+# hand-off (and, in a burst, a thread start) per request for a few attribute reads.
+
+
+async def get_service(request: Request) -> NameService:
     return server_state(request.app).started().service
 
 
@@ -50,15 +54,15 @@ def _name_from_raw_path(request: Request, base: str, suffix: str = "") -> str:
         raise InvalidName() from exc
 
 
-def lookup_name_param(request: Request) -> str:
+async def lookup_name_param(request: Request) -> str:
     return _name_from_raw_path(request, "/name/")
 
 
-def registration_name_param(request: Request) -> str:
+async def registration_name_param(request: Request) -> str:
     return _name_from_raw_path(request, "/registrations/")
 
 
-def addr_param(request: Request) -> str:
+async def addr_param(request: Request) -> str:
     """The Jami ID segment from the raw path: Starlette's route pattern ends in `$`, which
     matches before a trailing newline, so the decoded path parameter would drop a `%0a`."""
     try:
