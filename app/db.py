@@ -188,6 +188,27 @@ class Claims(NamedTuple):
     addr_claim: str | None  # the name a registration claims for this ID
     lookalike: str | None  # a name of another fold with the same UTS #39 skeleton
     pending: int  # registrations still pending (the admission queue)
+    pointing: list[NameRow]  # rows whose address is this ID (LookupReader.pointing_at)
+
+
+class _Query(NamedTuple):
+    """One read: its SQL for SQLite's loop connection, its Core statement for the engine."""
+
+    sql: str
+    parameters: tuple[str, ...]
+    statement: Any
+
+
+def _pointing_at(jami_id: str, limit: int) -> _Query:
+    return _Query(
+        f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
+        f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
+        (jami_id,),
+        select(*_COLUMNS)
+        .where(NameRecord.addr == jami_id)
+        .order_by(NameRecord.pending.desc(), NameRecord.name)
+        .limit(limit),
+    )
 
 
 # Rows pointing at one ID, in a fixed order (answers must not flip): pending rows first.
@@ -238,13 +259,18 @@ class LookupReader:
     async def _rows(self, sql: str, parameters: tuple[str, ...], statement: Any) -> list[Any]:
         """`sql` on SQLite's loop connection, else (PostgreSQL, or SQLite busy) the Core
         `statement` through the engine."""
+        return (await self._queries(_Query(sql, parameters, statement)))[0]
+
+    async def _queries(self, *queries: _Query) -> list[list[Any]]:
+        """Each query's rows: on SQLite's loop connection, else (PostgreSQL, or SQLite
+        busy) on one pooled connection (one checkout for all)."""
         if self.sqlite_path is not None:
-            rows = self._read_sqlite(sql, parameters)
-            if rows is not None:
-                return rows
+            answers = [self._read_sqlite(query.sql, query.parameters) for query in queries]
+            if all(rows is not None for rows in answers):
+                return [rows for rows in answers if rows is not None]
         with _unavailable_on_failure():
             async with self.engine.connect() as connection:
-                return list(await connection.execute(statement))
+                return [list(await connection.execute(query.statement)) for query in queries]
 
     async def name(self, folded: str) -> NameRow | None:
         """The row whose fold is `folded`."""
@@ -257,46 +283,50 @@ class LookupReader:
 
     async def pointing_at(self, jami_id: str, limit: int) -> list[NameRow]:
         """Up to `limit` rows whose address is `jami_id`, pending first, then by name."""
-        rows = await self._rows(
-            f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
-            f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
-            (jami_id,),
-            select(*_COLUMNS)
-            .where(NameRecord.addr == jami_id)
-            .order_by(NameRecord.pending.desc(), NameRecord.name)
-            .limit(limit),
-        )
-        return [_name_row(row) for row in rows]
+        return [_name_row(row) for row in await self._rows(*_pointing_at(jami_id, limit))]
 
-    async def claims(self, folded: str, jami_id: str, skeleton: str) -> Claims:
-        """What SQL holds against registering `folded` for `jami_id`, in one statement."""
-        rows = await self._rows(
-            "SELECT (SELECT addr FROM names WHERE folded_name = ?),"
-            " (SELECT addr FROM registrations WHERE claim_name = ?),"
-            " (SELECT name FROM registrations WHERE claim_addr = ?),"
-            " (SELECT name FROM names WHERE skeleton = ? AND folded_name != ? LIMIT 1),"
-            " (SELECT count(*) FROM registrations WHERE state = ?)",
-            (folded, folded, jami_id, skeleton, folded, PENDING),
-            select(
-                select(NameRecord.addr).where(NameRecord.folded_name == folded).scalar_subquery(),
-                select(Registration.addr)
-                .where(Registration.claim_name == folded)
-                .scalar_subquery(),
-                select(Registration.name)
-                .where(Registration.claim_addr == jami_id)
-                .scalar_subquery(),
-                select(NameRecord.name)
-                .where(NameRecord.skeleton == skeleton, NameRecord.folded_name != folded)
-                .limit(1)
-                .scalar_subquery(),
-                select(func.count())
-                .select_from(Registration)
-                .where(Registration.state == PENDING)
-                .scalar_subquery(),
+    async def claims(self, folded: str, jami_id: str, skeleton: str, limit: int) -> Claims:
+        """What SQL holds against registering `folded` for `jami_id`: one statement for
+        the name's side, and the rows pointing at the ID (at most `limit`)."""
+        scalars, pointing = await self._queries(
+            _Query(
+                "SELECT (SELECT addr FROM names WHERE folded_name = ?),"
+                " (SELECT addr FROM registrations WHERE claim_name = ?),"
+                " (SELECT name FROM registrations WHERE claim_addr = ?),"
+                " (SELECT name FROM names WHERE skeleton = ? AND folded_name != ? LIMIT 1),"
+                " (SELECT count(*) FROM registrations WHERE state = ?)",
+                (folded, folded, jami_id, skeleton, folded, PENDING),
+                select(
+                    select(NameRecord.addr)
+                    .where(NameRecord.folded_name == folded)
+                    .scalar_subquery(),
+                    select(Registration.addr)
+                    .where(Registration.claim_name == folded)
+                    .scalar_subquery(),
+                    select(Registration.name)
+                    .where(Registration.claim_addr == jami_id)
+                    .scalar_subquery(),
+                    select(NameRecord.name)
+                    .where(NameRecord.skeleton == skeleton, NameRecord.folded_name != folded)
+                    .limit(1)
+                    .scalar_subquery(),
+                    select(func.count())
+                    .select_from(Registration)
+                    .where(Registration.state == PENDING)
+                    .scalar_subquery(),
+                ),
             ),
+            _pointing_at(jami_id, limit),
         )
-        name_addr, claim_addr, addr_claim, lookalike, pending = rows[0]
-        return Claims(name_addr, claim_addr, addr_claim, lookalike, int(pending or 0))
+        name_addr, claim_addr, addr_claim, lookalike, pending = scalars[0]
+        return Claims(
+            name_addr,
+            claim_addr,
+            addr_claim,
+            lookalike,
+            int(pending or 0),
+            [_name_row(row) for row in pointing],
+        )
 
     def close(self) -> None:
         if self._sqlite is not None:

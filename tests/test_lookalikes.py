@@ -88,7 +88,7 @@ async def lookalike_taken(db: DB, name: str) -> str | None:
     """The taken look-alike of `name` the registry's one read finds (LookupReader.claims)."""
     reader = LookupReader(db.kw["bind"])
     try:
-        claims = await reader.claims(fold(name), secrets.token_hex(20), name_skeleton(name))
+        claims = await reader.claims(fold(name), secrets.token_hex(20), name_skeleton(name), 4)
     finally:
         reader.close()
     return claims.lookalike
@@ -165,9 +165,9 @@ def test_register_lookalikes_racing_one_is_409(
     read_claims = LookupReader.claims
 
     async def read_then_wait(
-        reader: LookupReader, folded: str, jami_id: str, skeleton: str
+        reader: LookupReader, folded: str, jami_id: str, skeleton: str, limit: int
     ) -> Claims:
-        claims = await read_claims(reader, folded, jami_id, skeleton)
+        claims = await read_claims(reader, folded, jami_id, skeleton, limit)
         if len(first_reads) < 2:  # each attempt's first read, not the loser's re-read
             first_reads.append(folded)
             await barrier.wait()

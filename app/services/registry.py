@@ -446,8 +446,10 @@ class NameService:
         owner = self.owner_address
 
         # Everything SQL holds against this registration, in one read.
-        claims = await self.reader.claims(folded, jami_id, names.name_skeleton(name))
-        if await self._check_sql(folded, jami_id, claims):
+        claims = await self.reader.claims(
+            folded, jami_id, names.name_skeleton(name), REVERSE_CANDIDATES
+        )
+        if self._check_sql(folded, jami_id, claims):
             return  # the same binding already exists: idempotent
         if await self._check_chain(name, folded, jami_id):
             return
@@ -475,8 +477,10 @@ class NameService:
         except sqlalchemy.exc.IntegrityError:
             # Another request claimed the name or the address between our check and
             # our insert: answer as if it had come first.
-            claims = await self.reader.claims(folded, jami_id, names.name_skeleton(name))
-            if await self._check_sql(folded, jami_id, claims):
+            claims = await self.reader.claims(
+                folded, jami_id, names.name_skeleton(name), REVERSE_CANDIDATES
+            )
+            if self._check_sql(folded, jami_id, claims):
                 if token_taken and self.admission is not None:
                     # A copy accepted by another worker: this one joins no queue.
                     self.admission.give_back(client or "unknown")
@@ -487,7 +491,7 @@ class NameService:
         for callback in self.on_accepted:
             callback()
 
-    async def _check_sql(self, folded: str, jami_id: str, claims: Claims) -> bool:
+    def _check_sql(self, folded: str, jami_id: str, claims: Claims) -> bool:
         """True when SQL already binds this name to this ID; raises when it conflicts."""
         for addr in (claims.name_addr, claims.claim_addr):  # its names row, its claim
             if addr is not None:
@@ -498,11 +502,7 @@ class NameService:
         # point a name of theirs at any ID (setAddress, not primary) without a reverse
         # entry, and the chain would still accept this registration.
         by_addr = next(
-            (
-                record.name
-                for record in await self.reader.pointing_at(jami_id, REVERSE_CANDIDATES)
-                if _proves_binding(record, jami_id)
-            ),
+            (record.name for record in claims.pointing if _proves_binding(record, jami_id)),
             claims.addr_claim,
         )
         if by_addr is not None:
