@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3._utils.http_session_manager import HTTPSessionManager
 from web3.exceptions import ExtraDataLengthError
 
-from app.chain.client import ChainClient, ChainIdMismatch, ChainRejected
+from app.chain.client import BATCHES_IN_FLIGHT, ChainClient, ChainIdMismatch, ChainRejected
 from app.chain.signer import Signer, load_signer
 from app.errors import ChainUnavailable
 from app.settings import Settings
@@ -515,3 +515,53 @@ def test_raw_read_silent_node_times_out(start_node: Callable[[Responder], FakeNo
 
     with pytest.raises(ChainUnavailable, match="timed out"):
         with_client(node.url, 0.5, lambda client: client.rpc("eth_chainId", []))
+
+
+def test_raw_batches_asked_while_others_are_on_their_way_share_one_request(
+    start_node: Callable[[Responder], FakeNode],
+) -> None:
+    """Two batches on their way (BATCHES_IN_FLIGHT), three more asked meanwhile: the three
+    go in one request, and each caller gets its own answers, in order; an error answer
+    to one caller's call fails that caller alone."""
+    gate = threading.Event()
+
+    def respond(request: Any) -> Reply:
+        if len(node.requests) <= BATCHES_IN_FLIGHT:
+            gate.wait(10)  # the first two stay on their way until the test lets them go
+        answers = [
+            {
+                "jsonrpc": "2.0",
+                "id": call["id"],
+                "error": {"code": 3, "message": "execution reverted"},
+            }
+            if call["params"] == ["bad"]
+            else {"jsonrpc": "2.0", "id": call["id"], "result": call["params"]}
+            for call in request
+        ]
+        return 200, "application/json", json.dumps(answers).encode()
+
+    node = start_node(respond)
+
+    async def use(client: ChainClient) -> list[Any]:
+        def batch(tag: str) -> Coroutine[Any, Any, list[Any]]:
+            return client.rpc_batch([("eth_call", [tag]), ("eth_call", [tag + "2"])])
+
+        first = []
+        for tag in ("a", "b"):  # one after the other: asked in the same turn, they would share
+            first.append(asyncio.create_task(batch(tag)))
+            while len(node.requests) < len(first):
+                await asyncio.sleep(0.01)
+        later = [asyncio.create_task(batch(tag)) for tag in ("c", "d")]
+        refused = asyncio.create_task(client.rpc_batch([("eth_call", ["bad"])]))
+        await asyncio.sleep(0.1)  # nothing more can leave while two are on their way
+        assert len(node.requests) == BATCHES_IN_FLIGHT
+        gate.set()
+        with pytest.raises(ChainRejected, match="execution reverted"):
+            await refused
+        return list(await asyncio.gather(*first, *later))
+
+    answers = with_client(node.url, 5, use)
+
+    assert answers == [[[tag], [tag + "2"]] for tag in ("a", "b", "c", "d")]
+    assert len(node.requests) == BATCHES_IN_FLIGHT + 1
+    assert [call["params"] for call in node.requests[-1]] == [["c"], ["c2"], ["d"], ["d2"], ["bad"]]

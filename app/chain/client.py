@@ -22,10 +22,12 @@ does not, seen on the real binary (tests/test_geth.py):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import json
 import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -50,6 +52,8 @@ T = TypeVar("T")
 
 # geth's default --rpc.batch-request-limit: a longer batch gets one "batch too large" error.
 BATCH_LIMIT = 1000
+# Raw batches on their way at once; more wait and go together (ChainClient.rpc_batch).
+BATCHES_IN_FLIGHT = 2
 
 
 class ChainRejected(Exception):
@@ -208,6 +212,9 @@ class ChainClient:
         self.w3 = make_web3(url, timeout)
         # The reads lookups and registrations wait for (raw eth_calls, logs, blocks).
         self.transport: JsonRpcTransport = HttpTransport(url, timeout=timeout)
+        # Batches waiting for the one on its way (rpc_batch), and the task that sends them.
+        self._waiting: list[_Waiting] = []
+        self._senders: set[asyncio.Task[None]] = set()
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a web3 call; unreachable or slow node → ChainUnavailable, RPC error →
@@ -242,35 +249,92 @@ class ChainClient:
         return response.get("result")
 
     async def rpc_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        """Raw JSON-RPC calls, in HTTP requests of at most BATCH_LIMIT calls each (one after
-        the other); results in order, or ChainRejected."""
-        results: list[Any] = []
-        for start in range(0, len(calls), BATCH_LIMIT):
-            results += await self._one_batch(calls[start : start + BATCH_LIMIT])
-        return results
+        """Raw JSON-RPC calls; results in order, or ChainRejected.
 
-    async def _one_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        Batches asked for while BATCHES_IN_FLIGHT requests are on their way go together
+        in the next HTTP request (up to BATCH_LIMIT calls): a burst of registrations, or
+        of lookups the answer cache cannot answer, costs the node and the event loop a few
+        requests, not one each. More than one in flight, so that one slow answer does not
+        hold every other read behind it. A longer list goes alone, in requests of
+        BATCH_LIMIT calls, one after the other."""
+        if len(calls) > BATCH_LIMIT:
+            results: list[Any] = []
+            for start in range(0, len(calls), BATCH_LIMIT):
+                chunk = calls[start : start + BATCH_LIMIT]
+                results += _results(await self._send_batch(chunk))
+            return results
+        waiting = _Waiting(calls, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if len(self._senders) < BATCHES_IN_FLIGHT:
+            # A context of its own: the batch serves many requests (log lines carry the
+            # request id of the context they run in).
+            sender = asyncio.create_task(self._send_waiting(), context=contextvars.Context())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        return await waiting.answered
+
+    async def _send_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch: list[_Waiting] = []
+                size = 0
+                while self._waiting and size + len(self._waiting[0].calls) <= BATCH_LIMIT:
+                    waiting = self._waiting.pop(0)
+                    if not waiting.answered.done():  # its caller is gone
+                        batch.append(waiting)
+                        size += len(waiting.calls)
+                if batch:
+                    await self._answer(batch)
+        except BaseException:
+            # Cancelled (the loop is closing): no caller waits for ever.
+            for waiting in self._waiting:
+                if not waiting.answered.done():
+                    waiting.answered.set_exception(ChainUnavailable("chain client closed"))
+            self._waiting.clear()
+            raise
+
+    async def _answer(self, batch: list[_Waiting]) -> None:
+        try:
+            responses = await self._send_batch([call for one in batch for call in one.calls])
+        except Exception as exc:
+            for waiting in batch:
+                if not waiting.answered.done():
+                    waiting.answered.set_exception(exc)
+            return
+        except BaseException:
+            for waiting in batch:
+                if not waiting.answered.done():
+                    waiting.answered.set_exception(ChainUnavailable("chain client closed"))
+            raise
+        start = 0
+        for waiting in batch:
+            mine = responses[start : start + len(waiting.calls)]
+            start += len(waiting.calls)
+            if waiting.answered.done():
+                continue
+            try:
+                waiting.answered.set_result(_results(mine))
+            except Exception as exc:  # an error answer to one of its own calls
+                waiting.answered.set_exception(exc)
+
+    async def _send_batch(self, calls: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+        """One HTTP request of `calls`: their answers, in the order of `calls`."""
         responses = await self.transport.send(
             [{"method": method, "params": params} for method, params in calls]
         )
         if isinstance(responses, dict):  # the node refused the batch as a whole
             raise translate_error(_error_text(responses.get("error")))
-        if not isinstance(responses, list):
+        if not isinstance(responses, list) or not all(
+            isinstance(response, dict) for response in responses
+        ):
             raise ChainUnavailable("chain node sent a malformed answer")
-        # JSON-RPC lets a node answer a batch in any order: the ids put it back.
-        if all(isinstance(response, dict) for response in responses):
-            responses = sorted(responses, key=_id_order)
-        results = []
-        for response in responses:
-            if "error" in response:
-                raise translate_error(_error_text(response["error"]))
-            results.append(response.get("result"))
-        if len(results) != len(calls):
+        if len(responses) != len(calls):
             # geth answers a batch it refuses as a whole with a one-element array.
-            if len(results) == 0 and len(responses) == 1:
-                raise translate_error(_error_text(responses[0].get("error")))
+            if len(responses) == 1 and "error" in responses[0]:
+                raise translate_error(_error_text(responses[0]["error"]))
             raise ChainUnavailable("the node answered a batch partly")
-        return results
+        # JSON-RPC lets a node answer a batch in any order: the ids put it back.
+        return sorted(responses, key=_id_order)
 
     async def chain_id(self) -> int:
         return await self.call(self.w3.eth.chain_id)
@@ -324,6 +388,24 @@ class ChainClient:
         provider = self.w3.provider
         if isinstance(provider, AsyncHTTPProvider):
             await provider.disconnect()
+
+
+@dataclass
+class _Waiting:
+    """A caller's batch of calls, waiting to be sent with the others of the moment."""
+
+    calls: list[tuple[str, list[Any]]]
+    answered: asyncio.Future[list[Any]]
+
+
+def _results(responses: list[dict[str, Any]]) -> list[Any]:
+    """The results of one caller's answers, or the exception for its first error."""
+    results = []
+    for response in responses:
+        if "error" in response:
+            raise translate_error(_error_text(response["error"]))
+        results.append(response.get("result"))
+    return results
 
 
 def _id_order(response: dict[str, Any]) -> int:
