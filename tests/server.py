@@ -250,3 +250,16 @@ class _LoopTransport(httpx.BaseTransport):
 
         status, headers, content = self._app.run(exchange())
         return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+def wait_settled_through(http: httpx.Client, name: str, timeout: float = 30.0) -> dict[str, object]:
+    """Poll /registrations/NAME through `http` (an InProcessApp's client or a server's)
+    until the registration is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, object] = http.get(f"/registrations/{name}").json()
+        if body.get("state") not in (None, "pending"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: {body} after {timeout} s")
+        time.sleep(0.05)
