@@ -7,6 +7,7 @@ stdout and nothing else); the other cases run the command in this process
 
 from __future__ import annotations
 
+import functools
 import json
 import stat
 import subprocess
@@ -28,6 +29,17 @@ from tests.server import REPO_ROOT, InProcessApp, ServerProcess
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture
+def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keystores written in this process derive their key with 2 rounds of PBKDF2, not
+    eth_account's default scrypt (about a second of CPU per encryption and decryption):
+    what those cases test is where the password comes from. The real process of
+    test_keystore_writes_... writes with the default."""
+    monkeypatch.setattr(
+        Account, "encrypt", functools.partial(Account.encrypt, kdf="pbkdf2", iterations=2)
+    )
+
+
 def jamins_process(*args: str) -> subprocess.CompletedProcess[str]:
     """`python -m app ARGS`: a real process, no JAMINS_* setting, nothing on stdin."""
     return subprocess.run(
@@ -43,7 +55,9 @@ def jamins_process(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_keystore_writes_an_encrypted_key_and_prints_only_its_address(tmp_path: Path) -> None:
+def test_keystore_writes_an_encrypted_key_and_prints_only_its_address(
+    tmp_path: Path, cheap_kdf: None
+) -> None:
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
     keystore = tmp_path / "keys" / "signer.json"
@@ -53,6 +67,7 @@ def test_keystore_writes_an_encrypted_key_and_prints_only_its_address(tmp_path: 
     written = keystore.read_text()
     # Each decryption is a scrypt run of about a second: once here, once by load_signer.
     key = Account.decrypt(json.loads(written), PASSWORD)
+    assert json.loads(written)["crypto"]["kdf"] == "scrypt"
     assert Account.from_key(key).address == address
     assert key.hex().removeprefix("0x") not in made.stdout + made.stderr
     assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
@@ -68,7 +83,9 @@ def test_keystore_writes_an_encrypted_key_and_prints_only_its_address(tmp_path: 
     assert keystore.read_text() == written
 
 
-def test_keystore_takes_the_password_from_the_environment_or_a_prompt(tmp_path: Path) -> None:
+def test_keystore_takes_the_password_from_the_environment_or_a_prompt(
+    tmp_path: Path, cheap_kdf: None
+) -> None:
     from_env = run_jamins(
         "keystore",
         str(tmp_path / "a.json"),
@@ -101,7 +118,7 @@ def test_keystore_refuses_an_empty_password(tmp_path: Path, password: str) -> No
 
 
 def test_readme_funding_step_funds_the_keystore_on_your_node(
-    tmp_path: Path, anvil: AnvilNode
+    tmp_path: Path, anvil: AnvilNode, cheap_kdf: None
 ) -> None:
     # README: eth_sendTransaction from an account the node holds unlocked.
     made = run_jamins(
