@@ -88,6 +88,8 @@ def test_serve_refuses_another_chain_id(node: AnvilNode, tmp_path: Path) -> None
     )
     assert done.returncode == 3
     assert "serves chain id 1551, not the configured 1337" in done.stderr.splitlines()[-1]
+    # A logged traceback reaches the captured stderr in process too.
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_refuses_without_registrar_address(node: AnvilNode, tmp_path: Path) -> None:
@@ -97,6 +99,7 @@ def test_serve_refuses_without_registrar_address(node: AnvilNode, tmp_path: Path
     assert done.returncode == 3
     last = done.stderr.splitlines()[-1]
     assert "no registrar address: set JAMINS_CONTRACT_ADDRESS" in last
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_path: Path) -> None:
@@ -109,6 +112,7 @@ def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_pa
         },
     )
     assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
     assert f"cannot read the signer key file {tmp_path / 'missing.key'}" in done.stderr
 
 
