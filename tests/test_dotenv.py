@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from tests.cli_runner import run_jamins
 from tests.server import REPO_ROOT, free_port
 
 PUBLIC_REGISTRAR = "0xe53cb2ace8707526a5050bec7bcf979c57f8b44f"
@@ -38,12 +39,21 @@ def test_settings_of_the_suite_ignore_a_dotenv_in_the_working_directory(
     assert settings.path_prefix == ""
 
 
-def test_commands_the_suite_runs_ignore_a_dotenv_an_operator_reads(tmp_path: Path) -> None:
+def test_commands_the_suite_runs_ignore_a_dotenv_an_operator_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     poison = tmp_path / "poison.sqlite3"
     (tmp_path / ".env").write_text(f"JAMINS_DATABASE_URL=sqlite:///{poison}\n")
     command = [sys.executable, "-m", "app", "migrate", "--data-dir", str(tmp_path / "data")]
 
-    # How the suite runs commands (tests/server.py, test_portability, test_startup).
+    # How the suite runs commands in this process (tests/cli_runner.py).
+    monkeypatch.chdir(tmp_path)
+    in_process = run_jamins("migrate", "--data-dir", str(tmp_path / "in-process"))
+    assert in_process.returncode == 0, in_process.stderr
+    assert not poison.exists()
+    assert (tmp_path / "in-process" / "jamins.sqlite3").is_file()
+
+    # How the suite runs command processes (tests/server.py, the real-process tests).
     suite = subprocess.run(
         command,
         cwd=tmp_path,

@@ -1,4 +1,8 @@
-"""Health, readiness, metrics, the low-balance guard, JSON logs and HTTPS, on real servers."""
+"""Health, readiness, metrics, the low-balance guard, JSON logs and HTTPS.
+
+What the application answers (readiness through outages, the balance guard) is asked of
+the application in this process (InProcessApp); what the process does (TLS from uvicorn,
+JSON log lines on its stderr) of a real `jamins serve`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,10 +31,12 @@ from eth_account import Account
 from app.chain.anvil import AnvilNode, fund
 from app.logs import JsonLinesFormatter, RequestIdFilter, request_id
 from app.services.balance import REGISTRATION_GAS
+from app.settings import Settings
+from tests.cli_runner import run_jamins
 from tests.conftest import funded_key, unique_name
-from tests.jami_keys import make_account
+from tests.jami_keys import account_pool
 from tests.pg import PostgresServer
-from tests.server import ServerProcess
+from tests.server import InProcessApp, ServerProcess, wait_settled_through
 
 GAS_PRICE = 10**9
 ONE_REGISTRATION = REGISTRATION_GAS * GAS_PRICE
@@ -63,21 +70,22 @@ def own_node(anvil_binary: str, tmp_path: Path) -> Iterator[AnvilNode]:
         node.stop()
 
 
-def start_server(node: AnvilNode, data_dir: Path, **env: str) -> tuple[ServerProcess, str]:
+def app_on(node: AnvilNode, data_dir: Path, **settings: Any) -> tuple[InProcessApp, str]:
+    """What `jamins serve` on `node` runs, deploying its own registrar with a newly funded
+    signer, as an application in this process; and the signer's address."""
     key = funded_key(node)
-    server = ServerProcess(
-        data_dir=data_dir,
-        env={
-            "JAMINS_RPC_URL": node.url,
-            "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": key,
-            "JAMINS_RPC_TIMEOUT": "2",
-            "JAMINS_RECEIPT_POLL_SECONDS": "0.2",
-            **env,
-        },
-    )
-    server.start()
-    return server, Account.from_key(key).address
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "rpc_url": node.url,
+        "deploy": True,
+        "signer_key": key,
+        "rpc_timeout": 2,
+        "receipt_poll_seconds": 0.2,
+        "confirmations": 0,
+        "register_rate_per_minute": 0,
+        **settings,
+    }
+    return InProcessApp(Settings(_env_file=None, **values)), Account.from_key(key).address
 
 
 # -- on the shared server (SQLite and PostgreSQL) ---------------------------------------
@@ -138,38 +146,34 @@ def test_metrics_count_requests_by_route_and_cache_outcome(http: httpx.Client) -
 
 
 def test_readyz_follows_the_chain_node(own_node: AnvilNode, tmp_path: Path) -> None:
-    server, _ = start_server(own_node, tmp_path / "server")
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            assert http.get("/readyz").status_code == 200
+    app, _ = app_on(own_node, tmp_path / "server")
+    with app, app.client() as http:
+        assert http.get("/readyz").status_code == 200
 
-            own_node.stop()
-            answer = http.get("/readyz")
-            assert answer.status_code == 503
-            assert answer.headers["retry-after"]
-            body = answer.json()
-            assert body["status"] == "not ready"
-            assert body["checks"]["database"] == "ok"
-            assert body["checks"]["chain"].startswith("chain node unreachable")
-            assert body["head_block"] is None
-            assert http.get("/healthz").status_code == 200  # alive all the same
-            assert metric_lines(http.get("/metrics").text)["jamins_chain_up"] == 0
+        own_node.stop()
+        answer = http.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"]
+        body = answer.json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["database"] == "ok"
+        assert body["checks"]["chain"].startswith("chain node unreachable")
+        assert body["head_block"] is None
+        assert http.get("/healthz").status_code == 200  # alive all the same
+        assert metric_lines(http.get("/metrics").text)["jamins_chain_up"] == 0
 
-            own_node.start()
-            assert http.get("/readyz").json()["status"] == "ready"
-    finally:
-        server.stop()
+        own_node.start()
+        assert http.get("/readyz").json()["status"] == "ready"
 
 
 def test_readyz_follows_the_database(own_node: AnvilNode, tmp_path: Path) -> None:
     postgres = PostgresServer()
     postgres.start()
-    server: ServerProcess | None = None
     try:
-        server, _ = start_server(
-            own_node, tmp_path / "server", JAMINS_DATABASE_URL=postgres.create_database("ready")
+        app, _ = app_on(
+            own_node, tmp_path / "server", database_url=postgres.create_database("ready")
         )
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with app, app.client() as http:
             assert http.get("/readyz").status_code == 200
             assert postgres.process is not None
             # Fast shutdown (ends the server's sessions), sent to the postmaster itself:
@@ -183,8 +187,6 @@ def test_readyz_follows_the_database(own_node: AnvilNode, tmp_path: Path) -> Non
             assert checks["database"] != "ok"
             assert checks["chain"] == "ok"
     finally:
-        if server is not None:
-            server.stop()
         postgres.stop()
 
 
@@ -192,59 +194,55 @@ def test_readyz_follows_the_database(own_node: AnvilNode, tmp_path: Path) -> Non
 
 
 def test_low_balance_warns_then_refuses_registrations_with_503(
-    own_node: AnvilNode, tmp_path: Path
+    own_node: AnvilNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, signer = start_server(
+    caplog.set_level(logging.WARNING)
+    app, signer = app_on(
         own_node,
         tmp_path / "server",
-        JAMINS_GAS_PRICE_WEI=str(GAS_PRICE),
-        JAMINS_BALANCE_CHECK_SECONDS="0.2",
-        JAMINS_LOW_BALANCE_REGISTRATIONS="10",
-        JAMINS_LOG_FORMAT="json",
+        gas_price_wei=GAS_PRICE,
+        balance_check_seconds=0.2,
+        low_balance_registrations=10,
     )
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+    with app, app.client() as http:
 
-            def registrations_left() -> float:
-                return metric_lines(http.get("/metrics").text)["jamins_signer_registrations_left"]
+        def registrations_left() -> float:
+            return metric_lines(http.get("/metrics").text)["jamins_signer_registrations_left"]
 
-            fund(own_node.url, signer, 3 * ONE_REGISTRATION + 1)
-            wait_for(lambda: registrations_left() == 3, what="3 registrations left")
-            wait_for(lambda: "3 more registrations" in server.log_tail(), what="the warning")
-            warning = next(
-                json.loads(line)
-                for line in server.log_tail(20_000).splitlines()
-                if "3 more registrations" in line
-            )
-            assert warning["level"] == "WARNING"
-            assert warning["logger"] == "app.services.balance"
-            assert signer in warning["message"]
+        def warnings() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "3 more registrations" in r.getMessage()]
 
-            name, account = unique_name("cheap"), make_account()
-            answer = http.post(f"/name/{name}", json=account.registration_body(name))
-            assert answer.json() == {"success": True}
-            # Mined before the balance drops: else it is sent after the refund below.
-            assert server.wait_settled(name)["state"] == "confirmed"
+        fund(own_node.url, signer, 3 * ONE_REGISTRATION + 1)
+        wait_for(lambda: registrations_left() == 3, what="3 registrations left")
+        wait_for(lambda: bool(warnings()), what="the warning")
+        warning = warnings()[0]
+        assert warning.levelname == "WARNING"
+        assert warning.name == "app.services.balance"
+        assert signer in warning.getMessage()
 
-            fund(own_node.url, signer, ONE_REGISTRATION - 1)
-            wait_for(lambda: registrations_left() == 0, what="0 registrations left")
-            late, other = unique_name("broke"), make_account()
-            answer = http.post(f"/name/{late}", json=other.registration_body(late))
-            assert answer.status_code == 503
-            assert answer.headers["retry-after"]
-            assert answer.json()["success"] is False
-            assert "balance" in answer.json()["error"]
-            assert metric_lines(http.get("/metrics").text)["jamins_registrations_paused"] == 1
-            assert http.get("/readyz").status_code == 200  # lookups still work
-            assert http.get(f"/name/{late}").status_code == 404  # nothing was accepted
+        (account, other), name = account_pool(2), unique_name("cheap")
+        answer = http.post(f"/name/{name}", json=account.registration_body(name))
+        assert answer.json() == {"success": True}
+        # Mined before the balance drops: else it is sent after the refund below.
+        assert wait_settled_through(http, name)["state"] == "confirmed"
 
-            fund(own_node.url, signer, 100 * ONE_REGISTRATION)
-            wait_for(lambda: registrations_left() == 100, what="funded again")
-            answer = http.post(f"/name/{late}", json=other.registration_body(late))
-            assert answer.json() == {"success": True}
-            assert server.wait_settled(late)["state"] == "confirmed"
-    finally:
-        server.stop()
+        fund(own_node.url, signer, ONE_REGISTRATION - 1)
+        wait_for(lambda: registrations_left() == 0, what="0 registrations left")
+        late = unique_name("broke")
+        answer = http.post(f"/name/{late}", json=other.registration_body(late))
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"]
+        assert answer.json()["success"] is False
+        assert "balance" in answer.json()["error"]
+        assert metric_lines(http.get("/metrics").text)["jamins_registrations_paused"] == 1
+        assert http.get("/readyz").status_code == 200  # lookups still work
+        assert http.get(f"/name/{late}").status_code == 404  # nothing was accepted
+
+        fund(own_node.url, signer, 100 * ONE_REGISTRATION)
+        wait_for(lambda: registrations_left() == 100, what="funded again")
+        answer = http.post(f"/name/{late}", json=other.registration_body(late))
+        assert answer.json() == {"success": True}
+        assert wait_settled_through(http, late)["state"] == "confirmed"
 
 
 # -- logs and TLS -----------------------------------------------------------------------
@@ -301,7 +299,7 @@ class HttpsServerProcess(ServerProcess):
         return f"https://127.0.0.1:{self.port}"
 
 
-def test_serve_https_from_uvicorn(
+def test_serve_https_from_uvicorn_logging_json_lines(
     own_node: AnvilNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = self_signed(tmp_path)
@@ -316,6 +314,7 @@ def test_serve_https_from_uvicorn(
             "JAMINS_SIGNER_KEY": funded_key(own_node),
             "JAMINS_SSL_CERTFILE": str(cert),
             "JAMINS_SSL_KEYFILE": str(key),
+            "JAMINS_LOG_FORMAT": "json",
         },
     )
     server.start()
@@ -328,12 +327,18 @@ def test_serve_https_from_uvicorn(
             system_trust.get(server.url + "/healthz")
     finally:
         server.stop()
+    # JAMINS_LOG_FORMAT=json: each line the process logged is one JSON object.
+    entries = [json.loads(line) for line in server.log_tail(1_000_000).splitlines() if line]
+    serving = next(entry for entry in entries if entry["message"].startswith("serving registrar"))
+    assert serving["level"] == "INFO" and serving["logger"] == "app.runtime"
 
 
 def test_serve_refuses_half_a_tls_setup(tmp_path: Path) -> None:
-    server = ServerProcess(
-        data_dir=tmp_path / "server", env={"JAMINS_SSL_CERTFILE": str(tmp_path / "cert.pem")}
+    done = run_jamins(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "server"),
+        env={"JAMINS_SSL_CERTFILE": str(tmp_path / "cert.pem")},
     )
-    with pytest.raises(RuntimeError, match="JAMINS_SSL_KEYFILE"):
-        server.start(timeout=30)
-    assert re.search(r"set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE", server.log_tail())
+    assert done.returncode == 2
+    assert re.search(r"set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE", done.stderr)

@@ -1,5 +1,10 @@
 """names.json round trip with the real commands: index and export one chain, import into a
-fresh chain, index and export again: the same bytes."""
+fresh chain, index and export again: the same bytes.
+
+`jamins index` and `jamins export` run as real processes once (chain A, shared by both
+round trips), `jamins import` once (the conflicts test): the exit code and the summary an
+operator reads. Every other case runs the same commands in this process (tests.cli_runner),
+without paying an interpreter's start-up for each."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,30 +23,30 @@ from app.chain.anvil import AnvilNode
 from tests.chain_tools import DirectRecord, DirectWriter
 from tests.chain_tools import _selector as selector
 from tests.chain_tools import rpc as chain_rpc
-from tests.conftest import ChainNode, funded_key, own_chain_node, unique_name
+from tests.cli_runner import CommandResult, run_jamins
+from tests.conftest import ChainNode, funded_key, unique_name
 from tests.jami_keys import account_pool
 from tests.pg import PostgresServer
 from tests.server import REPO_ROOT
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def node_a(anvil_binary: str) -> Iterator[AnvilNode]:
+    """Chain A, where names are exported from: each test deploys a registrar of its own."""
     with AnvilNode(binary=anvil_binary) as node:
         yield node
 
 
 @pytest.fixture(params=["anvil", "geth"])
-def node_b(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainNode]:
-    """The chain names are imported into: an anvil of its own, or the session's geth (a
-    registrar of its own there: another chain than node_a's all the same)."""
-    if request.param == "geth":
-        yield request.getfixturevalue("geth")
-        return
-    with own_chain_node(request.param, request, tmp_path / "geth-b") as node:
-        yield node
+def node_b(request: pytest.FixtureRequest) -> ChainNode:
+    """The chain names are imported into: the session's anvil or geth (a registrar of its
+    own there: another chain than node_a's all the same)."""
+    chain_node: ChainNode = request.getfixturevalue(request.param)
+    return chain_node
 
 
-def jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def jamins_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m app ARGS`: a real process, with `env` as its whole environment."""
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=REPO_ROOT,
@@ -49,6 +55,11 @@ def jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def jamins(*args: str, env: dict[str, str]) -> CommandResult:
+    """The same command in this process."""
+    return run_jamins(*args, env={"JAMINS_CONFIRMATIONS": "0", **env})
 
 
 def written_records() -> list[DirectRecord]:
@@ -66,33 +77,51 @@ def written_records() -> list[DirectRecord]:
     return keyed + bare + unicode
 
 
-def test_export_import_export_round_trips_byte_for_byte(
-    node_a: AnvilNode, node_b: ChainNode, tmp_path: Path, postgres: PostgresServer
-) -> None:
+@dataclass(frozen=True)
+class ExportedChain:
+    """Chain A's records, written by another party, indexed and exported by jamins."""
+
+    owner: str
+    written: list[DirectRecord]
+    names_file: Path
+
+
+@pytest.fixture(scope="module")
+def exported_chain_a(node_a: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ExportedChain:
+    """`jamins index` then `jamins export` of chain A, as real processes."""
     writer = DirectWriter(node_a.url, funded_key(node_a))
     contract = writer.deploy()
     written = written_records()
     writer.reserve_for(written)
+    folder = tmp_path_factory.mktemp("chain-a")
     env_a = {
         "JAMINS_RPC_URL": node_a.url,
         "JAMINS_CONTRACT_ADDRESS": contract,
         "JAMINS_INDEX_FROM_BLOCK": "0",
-        "JAMINS_DATA_DIR": str(tmp_path / "a"),
+        "JAMINS_DATA_DIR": str(folder / "a"),
     }
-    (tmp_path / "a").mkdir()
-    indexed = jamins("index", env=env_a)
+    (folder / "a").mkdir()
+    indexed = jamins_process("index", env=env_a)
     assert indexed.returncode == 0, indexed.stderr
-    first = tmp_path / "a.json"
-    exported = jamins("export", str(first), env=env_a)
+    assert f"{len(written)} records loaded" in indexed.stderr
+    names = folder / "a.json"
+    exported = jamins_process("export", str(names), env=env_a)
     assert exported.returncode == 0, exported.stderr
+    assert f"exported {len(written)} records to {names}" in exported.stderr
+    return ExportedChain(owner=writer.address, written=written, names_file=names)
 
+
+def test_export_import_export_round_trips_byte_for_byte(
+    exported_chain_a: ExportedChain, node_b: ChainNode, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    written, first = exported_chain_a.written, exported_chain_a.names_file
     records = json.loads(first.read_text(encoding="utf-8"))
     assert [record["name"] for record in records] == sorted(r.name for r in written)
     by_name = {record["name"]: record for record in records}
     for record in written:
         entry = by_name[record.name]
         assert entry["addr"] == "0x" + record.jami_id
-        assert entry["owner"] == writer.address
+        assert entry["owner"] == exported_chain_a.owner
         assert entry.get("publickey") == (record.publickey or None)
         assert entry.get("signature") == (record.signature or None)
 
@@ -155,7 +184,7 @@ def test_import_reports_conflicts_and_bad_files(node_a: AnvilNode, tmp_path: Pat
             ]
         )
     )
-    result = jamins("import", str(clash), env=env)
+    result = jamins_process("import", str(clash), env=env)
     assert result.returncode == 1
     assert "1 registered" in result.stderr and "1 conflicts" in result.stderr
     assert f"{taken.name}: on chain for 0x{taken.jami_id}" in result.stderr

@@ -1,10 +1,17 @@
 """Starting against a configured node: what the server refuses, what it remembers, and a
-registration queue that survives a crash."""
+registration queue that survives a crash.
+
+Each way of refusing to start keeps one real `jamins serve` (or command) process as the layer
+above: its exit code and the line an operator sees. The other refusals run the same command
+in this process (tests.cli_runner); what a started server does is asked of the application
+in this process (InProcessApp) unless the process itself is the subject (kill -9, --workers,
+the data directory's lock)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import socket
 import subprocess
@@ -12,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,18 +32,25 @@ from app.main import create_app
 from app.provision import ProvisionError, provision
 from app.runtime import server_state
 from app.settings import Settings
+from tests.cli_runner import CommandResult, run_jamins
 from tests.conftest import funded_key, unique_name
-from tests.jami_keys import make_account
-from tests.server import REPO_ROOT, ServerProcess, free_port
+from tests.jami_keys import account_pool
+from tests.server import REPO_ROOT, InProcessApp, ServerProcess, free_port, wait_settled_through
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def node(anvil_binary: str) -> Iterator[AnvilNode]:
+    """One node for the module: each test deploys a registrar of its own with a key of
+    its own, so what one test counts (a sender's transactions) no other test touches."""
     with AnvilNode(binary=anvil_binary) as running:
         yield running
 
 
+Ran = subprocess.CompletedProcess[str] | CommandResult
+
+
 def _jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m app ARGS`, a real process with `env` as its whole environment."""
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=REPO_ROOT,
@@ -46,28 +61,50 @@ def _jamins(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+def _serve_args() -> list[str]:
+    return ["serve", "--port", str(free_port())]
+
+
+def _app_settings(data_dir: Path, **values: Any) -> Settings:
+    """What ServerProcess runs with, for the application in this process."""
+    defaults: dict[str, Any] = {
+        "data_dir": data_dir,
+        "confirmations": 0,
+        "register_rate_per_minute": 0,
+        "receipt_poll_seconds": 0.2,
+    }
+    return Settings(_env_file=None, **{**defaults, **values})
+
+
 def test_serve_refuses_another_chain_id(node: AnvilNode, tmp_path: Path) -> None:
-    server = ServerProcess(
-        data_dir=tmp_path,
-        env={"JAMINS_RPC_URL": node.url, "JAMINS_CHAIN_ID": "1337", "JAMINS_DEPLOY": "true"},
+    done = run_jamins(
+        *_serve_args(),
+        env={
+            "JAMINS_DATA_DIR": str(tmp_path),
+            "JAMINS_RPC_URL": node.url,
+            "JAMINS_CHAIN_ID": "1337",
+            "JAMINS_DEPLOY": "true",
+        },
     )
-    with pytest.raises(RuntimeError, match="serves chain id 1551, not the configured 1337"):
-        server.start()
-    assert "Traceback" not in server.log_tail()
+    assert done.returncode == 3
+    assert "serves chain id 1551, not the configured 1337" in done.stderr.splitlines()[-1]
+    # A logged traceback reaches the captured stderr in process too.
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_refuses_without_registrar_address(node: AnvilNode, tmp_path: Path) -> None:
-    server = ServerProcess(data_dir=tmp_path, env={"JAMINS_RPC_URL": node.url})
-    with pytest.raises(RuntimeError, match="no registrar address: set JAMINS_CONTRACT_ADDRESS"):
-        server.start()
-    assert "Traceback" not in server.log_tail()
+    done = run_jamins(
+        *_serve_args(), env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_RPC_URL": node.url}
+    )
+    assert done.returncode == 3
+    last = done.stderr.splitlines()[-1]
+    assert "no registrar address: set JAMINS_CONTRACT_ADDRESS" in last
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_path: Path) -> None:
-    done = _jamins(
-        "serve",
-        "--port",
-        str(free_port()),
+    done = run_jamins(
+        *_serve_args(),
         env={
             "JAMINS_DATA_DIR": str(tmp_path),
             "JAMINS_RPC_URL": node.url,
@@ -79,20 +116,26 @@ def test_serve_with_a_bad_signer_key_says_so_in_one_line(node: AnvilNode, tmp_pa
     assert f"cannot read the signer key file {tmp_path / 'missing.key'}" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["serve", "deploy"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        # The layer above: a real `jamins serve` process, its exit code and last line.
+        pytest.param("serve", id="serve"),
+        pytest.param("deploy", id="deploy-in-process"),
+    ],
+)
 def test_an_unfunded_signer_refuses_at_once_in_one_line(
     node: AnvilNode, tmp_path: Path, command: str
 ) -> None:
     key = "0x" + secrets.token_hex(32)
-    done = _jamins(
-        command,
-        *(["--port", str(free_port())] if command == "serve" else []),
-        env={
-            "JAMINS_DATA_DIR": str(tmp_path),
-            "JAMINS_RPC_URL": node.url,
-            "JAMINS_DEPLOY": "true",
-            "JAMINS_SIGNER_KEY": key,
-        },
+    env = {
+        "JAMINS_DATA_DIR": str(tmp_path),
+        "JAMINS_RPC_URL": node.url,
+        "JAMINS_DEPLOY": "true",
+        "JAMINS_SIGNER_KEY": key,
+    }
+    done: Ran = (
+        _jamins(*_serve_args(), env=env) if command == "serve" else run_jamins(command, env=env)
     )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
@@ -103,37 +146,34 @@ def test_an_unfunded_signer_refuses_at_once_in_one_line(
 
 
 def test_deploy_then_serve_remembers_registrar_and_status_reports(
-    node: AnvilNode, tmp_path: Path
+    node: AnvilNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    env = {
-        "JAMINS_RPC_URL": node.url,
-        "JAMINS_SIGNER_KEY": funded_key(node),
-        "JAMINS_DATA_DIR": str(tmp_path),
-    }
+    key = funded_key(node)
+    env = {"JAMINS_RPC_URL": node.url, "JAMINS_SIGNER_KEY": key, "JAMINS_DATA_DIR": str(tmp_path)}
+    # The layer above for `jamins deploy`: a real process prints the address, nothing else.
     deployed = _jamins("deploy", env=env)
     assert deployed.returncode == 0, deployed.stderr
     address = deployed.stdout.strip()
     assert address.startswith("0x") and len(address) == 42
-    assert env["JAMINS_SIGNER_KEY"][2:] not in deployed.stdout + deployed.stderr
+    assert key[2:] not in deployed.stdout + deployed.stderr
 
-    server = ServerProcess(data_dir=tmp_path, env=env)
-    server.start()
-    try:
-        assert server.registrar_address() == address
-        account, name = make_account(), unique_name("status")
-        answer = httpx.post(f"{server.url}/name/{name}", json=account.registration_body(name))
+    caplog.set_level(logging.INFO)
+    account, name = account_pool(1)[0], unique_name("status")
+    settings = _app_settings(tmp_path, rpc_url=node.url, signer_key=SecretStr(key))
+    with InProcessApp(settings) as app, app.client() as http:
+        assert http.get("/healthz").json()["registrar"] == address
+        answer = http.post(f"/name/{name}", json=account.registration_body(name))
         assert answer.status_code == 200
-        assert server.wait_settled(name)["state"] == "confirmed"
-    finally:
-        server.stop()
-    assert env["JAMINS_SIGNER_KEY"][2:] not in server.log_tail(1_000_000)
+        assert wait_settled_through(http, name)["state"] == "confirmed"
+    assert f"serving registrar {address}" in caplog.text  # the server's log was read
+    assert key[2:] not in caplog.text
 
-    shown = _jamins("status", name.upper(), env=env)
+    shown = run_jamins("status", name.upper(), env=env)
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
     assert status["name"] == name and status["state"] == "confirmed"
     assert isinstance(status["block"], int) and status["tx"].startswith("0x")
-    unknown = _jamins("status", unique_name("never"), env=env)
+    unknown = run_jamins("status", unique_name("never"), env=env)
     assert unknown.returncode == 1
     assert "never accepted" in unknown.stderr
 
@@ -142,20 +182,17 @@ def test_serve_without_signer_answers_lookups_and_503_for_registrations(
     node: AnvilNode, tmp_path: Path
 ) -> None:
     deployer = {"JAMINS_RPC_URL": node.url, "JAMINS_SIGNER_KEY": funded_key(node)}
-    address = _jamins("deploy", env={**deployer, "JAMINS_DATA_DIR": str(tmp_path / "d")})
-    server = ServerProcess(
-        data_dir=tmp_path / "ro",
-        env={"JAMINS_RPC_URL": node.url, "JAMINS_CONTRACT_ADDRESS": address.stdout.strip()},
+    address = run_jamins("deploy", env={**deployer, "JAMINS_DATA_DIR": str(tmp_path / "d")})
+    assert address.returncode == 0, address.stderr
+    settings = _app_settings(
+        tmp_path / "ro", rpc_url=node.url, contract_address=address.stdout.strip()
     )
-    server.start()
-    try:
-        account, name = make_account(), unique_name("readonly")
-        assert httpx.get(f"{server.url}/name/{name}").status_code == 404
-        answer = httpx.post(f"{server.url}/name/{name}", json=account.registration_body(name))
+    with InProcessApp(settings) as app, app.client() as http:
+        account, name = account_pool(1)[0], unique_name("readonly")
+        assert http.get(f"/name/{name}").status_code == 404
+        answer = http.post(f"/name/{name}", json=account.registration_body(name))
         assert answer.status_code == 503
         assert answer.json()["success"] is False
-    finally:
-        server.stop()
 
 
 def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_path: Path) -> None:
@@ -169,10 +206,11 @@ def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_
     server = ServerProcess(data_dir=tmp_path, env=env)
     server.start()
     names = [unique_name("crash") for _ in range(3)]
+    accounts = account_pool(3)
     rpc(node.url, "evm_setAutomine", [False])
     try:
-        for name in names:
-            body = make_account().registration_body(name)
+        for name, account in zip(names, accounts, strict=True):
+            body = account.registration_body(name)
             assert httpx.post(f"{server.url}/name/{name}", json=body).status_code == 200
         for name in names:
             server.wait_sent(name)
@@ -181,14 +219,13 @@ def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_
         rpc(node.url, "anvil_dropAllTransactions")
     finally:
         rpc(node.url, "evm_setAutomine", [True])
-    server.start()
-    try:
-        states = [server.wait_settled(name) for name in names]
+    # Started again on the same data: what it finds there is the application's to resume.
+    settings = _app_settings(tmp_path, rpc_url=node.url, deploy=True, signer_key=SecretStr(key))
+    with InProcessApp(settings) as app, app.client() as http:
+        states = [wait_settled_through(http, name) for name in names]
         assert [state["state"] for state in states] == ["confirmed"] * 3
-        lookups = [httpx.get(f"{server.url}/name/{name}").status_code for name in names]
+        lookups = [http.get(f"/name/{name}").status_code for name in names]
         assert lookups == [200] * 3
-    finally:
-        server.stop()
     # Exactly one deployment and one transaction per name: nothing sent twice.
     sender = Account.from_key(key).address
     assert int(rpc(node.url, "eth_getTransactionCount", [sender, "latest"]), 16) == 1 + 3
@@ -197,7 +234,7 @@ def test_queue_survives_kill_9_with_transactions_in_flight(node: AnvilNode, tmp_
 # -- an operator's mistakes: one clear line, exit status != 0, no traceback ---------------
 
 
-def _one_clear_line(done: subprocess.CompletedProcess[str], *named: str) -> None:
+def _one_clear_line(done: Ran, *named: str) -> None:
     assert done.returncode not in (0, None), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -207,21 +244,27 @@ def _one_clear_line(done: subprocess.CompletedProcess[str], *named: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("env", "named"),
+    ("env", "named", "as_process"),
     [
-        pytest.param({"JAMINS_CHAIN_ID": "abc"}, ["JAMINS_CHAIN_ID", "abc"], id="chain-id"),
-        pytest.param({"JAMINS_LOG_LEVEL": "verbose"}, ["JAMINS_LOG_LEVEL", "verbose"], id="log"),
-        pytest.param({"JAMINS_WORKERS": "0"}, ["JAMINS_WORKERS"], id="workers"),
-        pytest.param({"JAMINS_DATA_DIR": "/sys/kernel"}, ["/sys/kernel"], id="read-only-dir"),
-        pytest.param({"JAMINS_DATA_DIR": "/etc/hostname/d"}, ["/etc/hostname/d"], id="under-file"),
+        # The layer above: one case as a real process.
+        pytest.param({"JAMINS_CHAIN_ID": "abc"}, ["JAMINS_CHAIN_ID", "abc"], True, id="chain-id"),
+        pytest.param(
+            {"JAMINS_LOG_LEVEL": "verbose"}, ["JAMINS_LOG_LEVEL", "verbose"], False, id="log"
+        ),
+        pytest.param({"JAMINS_WORKERS": "0"}, ["JAMINS_WORKERS"], False, id="workers"),
+        pytest.param(
+            {"JAMINS_DATA_DIR": "/sys/kernel"}, ["/sys/kernel"], False, id="read-only-dir"
+        ),
+        pytest.param(
+            {"JAMINS_DATA_DIR": "/etc/hostname/d"}, ["/etc/hostname/d"], False, id="under-file"
+        ),
     ],
 )
 def test_serve_refuses_a_bad_setting_in_one_line(
-    tmp_path: Path, env: dict[str, str], named: list[str]
+    tmp_path: Path, env: dict[str, str], named: list[str], as_process: bool
 ) -> None:
-    done = _jamins(
-        "serve", "--port", str(free_port()), env={"JAMINS_DATA_DIR": str(tmp_path), **env}
-    )
+    run = _jamins if as_process else run_jamins
+    done: Ran = run(*_serve_args(), env={"JAMINS_DATA_DIR": str(tmp_path), **env})
     _one_clear_line(done, *named)
     assert not (tmp_path / "chain").exists()
 
@@ -231,16 +274,26 @@ def test_serve_on_a_taken_port_refuses_before_starting_anything(tmp_path: Path) 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = _jamins("serve", "--port", str(port), env={"JAMINS_DATA_DIR": str(tmp_path)})
+        done = run_jamins("serve", "--port", str(port), env={"JAMINS_DATA_DIR": str(tmp_path)})
     _one_clear_line(done, str(port), "--port")
     # No node was started, nothing was deployed, no database was made.
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", [["status", "alice"], ["migrate"]], ids=["status", "migrate"])
-def test_database_down_says_so_in_one_line(tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "as_process"),
+    [
+        # The layer above: `jamins status` as a real process.
+        pytest.param(["status", "alice"], True, id="status"),
+        pytest.param(["migrate"], False, id="migrate"),
+    ],
+)
+def test_database_down_says_so_in_one_line(
+    tmp_path: Path, command: list[str], as_process: bool
+) -> None:
     url = f"postgresql://jamins:secret@127.0.0.1:{free_port()}/jamins"
-    done = _jamins(*command, env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url})
+    run = _jamins if as_process else run_jamins
+    done: Ran = run(*command, env={"JAMINS_DATA_DIR": str(tmp_path), "JAMINS_DATABASE_URL": url})
     _one_clear_line(done, "JAMINS_DATABASE_URL")
     assert "secret" not in done.stderr
 
@@ -249,13 +302,13 @@ def test_second_serve_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
     first = ServerProcess(data_dir=tmp_path)  # the embedded default: its own node
     first.start()
     try:
-        second = _jamins(
-            "serve", "--port", str(free_port()), env={"JAMINS_DATA_DIR": str(tmp_path)}
-        )
+        # The lock is the kernel's (flock), held by the first process: a second `serve`
+        # in this process meets it as another process's would.
+        second = run_jamins(*_serve_args(), env={"JAMINS_DATA_DIR": str(tmp_path)})
         _one_clear_line(second, str(tmp_path), "already")
         name = unique_name("lock")
-        answer = httpx.post(f"{first.url}/name/{name}", json=make_account().registration_body(name))
-        assert answer.status_code == 200
+        body = account_pool(1)[0].registration_body(name)
+        assert httpx.post(f"{first.url}/name/{name}", json=body).status_code == 200
         assert first.wait_settled(name)["state"] == "confirmed"
         assert httpx.get(f"{first.url}/readyz", timeout=10).status_code == 200
     finally:
