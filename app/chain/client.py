@@ -188,7 +188,9 @@ class HttpTransport:
     async def _post(self, body: Any) -> Any:
         async with self._session_on_this_loop().post(self.url, json=body) as answer:
             if answer.status != 200:
-                raise ChainUnavailable(f"chain node answered HTTP {answer.status}")
+                # A proxy's error page, or a node that refuses the request as a whole.
+                logger.info("chain node answered HTTP %d", answer.status)
+                raise ChainUnavailable()
             return json.loads(await answer.read())
 
     async def close(self) -> None:
@@ -289,7 +291,7 @@ class ChainClient:
             # Cancelled (the loop is closing): no caller waits for ever.
             for waiting in self._waiting:
                 if not waiting.answered.done():
-                    waiting.answered.set_exception(ChainUnavailable("chain client closed"))
+                    waiting.answered.set_exception(ChainUnavailable())
             self._waiting.clear()
             raise
 
@@ -304,7 +306,7 @@ class ChainClient:
         except BaseException:
             for waiting in batch:
                 if not waiting.answered.done():
-                    waiting.answered.set_exception(ChainUnavailable("chain client closed"))
+                    waiting.answered.set_exception(ChainUnavailable())
             raise
         start = 0
         for waiting in batch:
