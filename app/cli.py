@@ -106,7 +106,7 @@ def serve(
     from app.workers.leader import DataDirInUse, DataDirLock
 
     settings = load_settings(data_dir=data_dir, workers=workers)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         fail("set both JAMINS_SSL_CERTFILE and JAMINS_SSL_KEYFILE, or neither")
     if settings.workers > 1 and settings.embedded:
@@ -152,7 +152,8 @@ def serve(
             ssl_keyfile=settings.ssl_keyfile,
             log_config=None,
             log_level=settings.log_level,
-            access_log=settings.access_log,
+            # The access lines are the app's (app.logs.AccessLog), cheaper than uvicorn's.
+            access_log=False,
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
             # Jami clients send no Accept-Encoding and read bodies as they come.

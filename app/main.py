@@ -14,7 +14,7 @@ from app.api.errors import install_error_handlers
 from app.api.hot_path import HotPath, HotPathApp
 from app.api.ops import router as ops_router
 from app.api.routes import router
-from app.logs import RequestIdMiddleware, configure_logging
+from app.logs import ACCESS_LOG, RequestIdMiddleware, configure_logging
 from app.metrics import MetricsMiddleware
 from app.middlewares import (
     HeadMiddleware,
@@ -41,7 +41,7 @@ def create_app_from_env() -> FastAPI:
     """The app of one worker process of `jamins serve --workers N` (which provisioned
     before starting the workers: app.provision)."""
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     configure_connections(settings)
     return create_app(settings, provisioned=True)
 
@@ -83,5 +83,8 @@ def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
         serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
         prefix=settings.path_prefix or "",
         metrics=state.metrics,
+        # Written only once configure_logging turned it on (`jamins serve`, access log on,
+        # log level info or lower).
+        access_log=ACCESS_LOG if settings.access_log else None,
     )
     return app

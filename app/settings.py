@@ -120,7 +120,10 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, description="Worker processes of `jamins serve` (needs JAMINS_RPC_URL)."
     )
-    access_log: bool = Field(default=True, description="Log every request (uvicorn's log).")
+    access_log: bool = Field(
+        default=True,
+        description="Log every request (uvicorn's access line, written in batches).",
+    )
     registrar_exclusive: bool | None = Field(
         default=None,
         description="Whether this server is the only writer of the registrar (a private "

@@ -21,6 +21,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.logs import ACCESS_LOG
 
 # The only JAMINS_* variables of this process a command still sees: where the tools are
 # (the subprocesses found anvil on their PATH or through these).
@@ -64,19 +65,18 @@ def _command_environment(env: Mapping[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def _logging_restored() -> Iterator[None]:
     """Commands configure logging for a process of their own (a handler on the stream
-    that is stderr during the call): put pytest's handlers and the levels back."""
+    that is stderr during the call): put pytest's handlers and the levels back, and the
+    access log off (as it is in the tests' own process)."""
     root = logging.getLogger()
     web3 = logging.getLogger("web3")
-    access = logging.getLogger("uvicorn.access")
     handlers, level, web3_level = root.handlers[:], root.level, web3.level
-    access_filters = access.filters[:]
     try:
         yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
         web3.setLevel(web3_level)
-        access.filters[:] = access_filters
+        ACCESS_LOG.configure(None, json_lines=False)
 
 
 def run_jamins(*args: str, env: Mapping[str, str] | None = None, stdin: str = "") -> CommandResult:

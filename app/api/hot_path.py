@@ -9,8 +9,9 @@ this cannot decide, goes on to the application unchanged.
 
 It is the outermost ASGI app (app.main wraps the whole middleware stack in it), so it does
 itself, cheaply, what an operator relies on from the stack for the requests it answers: the
-path prefix, the path bound, HEAD, the request id (X-Request-ID, and on the access line
-uvicorn writes while the answer is sent) and the per-route request count and latency.
+path prefix, the path bound, HEAD, the request id (X-Request-ID, and on the access line)
+and the per-route request count and latency. It writes the access line of every answer,
+its own and the stack's (app.logs.AccessLog: uvicorn's own access log is off).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import names
 from app.errors import JaminsError
-from app.logs import given_or_new_request_id, request_id
+from app.logs import AccessLog, given_or_new_request_id, request_id
 from app.middlewares import MAX_PATH_BYTES
 from app.services.registry import NameService
 
@@ -64,10 +65,12 @@ class HotPath:
         serve_negative: bool,
         prefix: str = "",
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
         max_path_bytes: int = MAX_PATH_BYTES,
         read_timeout: float = 5.0,
     ) -> None:
         self.app = app
+        self.access_log = access_log
         self.service = service
         self.serve_negative = serve_negative
         self.prefix = prefix.encode()
@@ -101,7 +104,27 @@ class HotPath:
                         return
         if self._uncounted:
             self.count_answers()
+        if self.access_log is not None and scope["type"] == "http":
+            send = self._logging(scope, send, self.access_log)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _logging(scope: Scope, send: Send, access_log: AccessLog) -> Send:
+        """`send`, writing the access line as the answer starts (where uvicorn did)."""
+
+        async def send_and_log(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                access_log.line(
+                    scope.get("client"),
+                    scope["method"],
+                    scope["path"],
+                    scope.get("query_string", b""),
+                    scope.get("http_version", "1.1"),
+                    message["status"],
+                )
+            await send(message)
+
+        return send_and_log
 
     def _answer(
         self, service: NameService, scope: Scope
@@ -167,9 +190,18 @@ class HotPath:
         body: bytes,
     ) -> None:
         current = given_or_new_request_id(scope.get("headers") or [])
-        # Set while the answer is sent: uvicorn writes the access line from within send().
+        # Set while the answer is sent: the access line and any log line carry it.
         token = request_id.set(current)
         try:
+            if self.access_log is not None:
+                self.access_log.line(
+                    scope.get("client"),
+                    method,
+                    scope["path"],
+                    scope.get("query_string", b""),
+                    scope.get("http_version", "1.1"),
+                    status,
+                )
             await send(
                 {
                     "type": "http.response.start",
