@@ -122,7 +122,8 @@ def count(hot_path: HotPath, metrics: Metrics, route: str, method: str, status: 
 
 
 def test_hit_is_answered_with_its_bytes_an_id_and_a_count() -> None:
-    hot_path, inner, metrics = make_hot_path(make_service())
+    service = make_service()
+    hot_path, inner, metrics = make_hot_path(service)
     status, headers, body, ids = call(hot_path, "/name/Alice")
     assert (status, body) == (200, BODY)
     assert headers[b"content-type"] == b"application/json"
@@ -132,6 +133,8 @@ def test_hit_is_answered_with_its_bytes_an_id_and_a_count() -> None:
     assert request_id.get() == "-"  # reset once answered
     assert inner.paths == []
     assert count(hot_path, metrics, NAME_ROUTE, "GET", "200") == 1
+    # Told apart from the answers SQL gives ("hit") in jamins_cache_lookups_total.
+    assert service.cache_counts == {("name", "cache_hit"): 1}
 
 
 def test_sane_request_id_is_echoed_and_others_replaced() -> None:

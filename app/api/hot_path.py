@@ -143,7 +143,7 @@ class HotPath:
                 return None
             body = answers.name_body(folded)
             if body is not None:
-                service.cache_counts["name", "hit"] += 1
+                service.cache_counts["name", "cache_hit"] += 1
                 return NAME_ROUTE, 200, body
             if self.serve_negative and answers.name_missing(folded):
                 service.cache_counts["name", "negative_hit"] += 1
@@ -156,7 +156,7 @@ class HotPath:
                 return None
             body = service.answers.addr_body(jami_id)
             if body is not None:
-                service.cache_counts["addr", "hit"] += 1
+                service.cache_counts["addr", "cache_hit"] += 1
                 return ADDR_ROUTE, 200, body
             return ADDR_ROUTE, jami_id
         return None

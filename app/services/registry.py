@@ -208,7 +208,8 @@ class NameService:
         # Set by the chain watch (app/workers/chain_watch.py) while the chain went backwards or
         # lost the registrar: registrations then answer 503 with this reason.
         self.chain_problem: str | None = None
-        # (kind, result) -> count, for /metrics: hit (SQL), negative_hit, miss (chain read).
+        # (kind, result) -> count, for /metrics: cache_hit (the answer cache, counted by
+        # app.api.hot_path), hit (SQL), negative_hit, miss (chain read).
         self.cache_counts: Counter[tuple[str, str]] = Counter()
 
     @property
