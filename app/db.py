@@ -218,19 +218,46 @@ _POINTING_ORDER = "pending DESC, name"
 class LookupReader:
     """Point reads of the names table for lookups, without an ORM session.
 
-    On PostgreSQL a Core select of the needed columns on a pooled connection (psycopg
-    prepares a statement the connection runs repeatedly). On SQLite the read runs on the
-    event loop itself, on one stdlib connection per process: an indexed point read in WAL
-    mode takes microseconds, less than handing it to aiosqlite's thread and back, and a
-    WAL reader does not wait on the writer. Should SQLite answer busy (a checkpoint), the
-    read goes the async way instead of blocking the loop.
+    On PostgreSQL a Core select of the needed columns; with `own_pool` (the server's
+    reader) on a pool of its own: READ_CONNECTIONS connections kept open (psycopg prepares
+    a statement a connection runs repeatedly), used without a ping first, and no more of
+    them under load (a request waits a moment for one rather than open a connection and
+    close it again, which cost more than the read). A read that finds its connection
+    dropped (a restart of PostgreSQL) is read once more on a new one.
+
+    On SQLite the read runs on the event loop itself, on one stdlib connection per
+    process: an indexed point read in WAL mode takes microseconds, less than handing it to
+    aiosqlite's thread and back, and a WAL reader does not wait on the writer. Should
+    SQLite answer busy (a checkpoint), the read goes the async way instead of blocking the
+    loop.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, own_pool: bool = False, connect_timeout: int = 5
+    ) -> None:
         self.engine = engine
+        self.own_pool = own_pool
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         self.sqlite_path = path if path and path != ":memory:" else None
+        self.connect_timeout = connect_timeout
         self._sqlite: sqlite3.Connection | None = None
+        self._read_engine: AsyncEngine | None = None
+
+    def _reads(self) -> AsyncEngine:
+        """The engine reads go through: the server's, or with `own_pool` on PostgreSQL a
+        pool of their own (disposed by `dispose`)."""
+        if not self.own_pool or self.engine.dialect.name != "postgresql":
+            return self.engine
+        if self._read_engine is None:
+            self._read_engine = create_async_engine(
+                self.engine.url,
+                pool_size=READ_CONNECTIONS,
+                max_overflow=0,
+                pool_pre_ping=False,
+                pool_timeout=READ_POOL_TIMEOUT,
+                connect_args={"connect_timeout": self.connect_timeout},
+            )
+        return self._read_engine
 
     def _sqlite_connection(self) -> sqlite3.Connection:
         if self._sqlite is None:
@@ -269,8 +296,17 @@ class LookupReader:
             if all(rows is not None for rows in answers):
                 return [rows for rows in answers if rows is not None]
         with _unavailable_on_failure():
-            async with self.engine.connect() as connection:
-                return [list(await connection.execute(query.statement)) for query in queries]
+            try:
+                return await self._read(queries)
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # A connection PostgreSQL dropped: the pool threw every older one away.
+                return await self._read(queries)
+
+    async def _read(self, queries: tuple[_Query, ...]) -> list[list[Any]]:
+        async with self._reads().connect() as connection:
+            return [list(await connection.execute(query.statement)) for query in queries]
 
     async def name(self, folded: str) -> NameRow | None:
         """The row whose fold is `folded`."""
@@ -329,11 +365,23 @@ class LookupReader:
         )
 
     def close(self) -> None:
+        """Close SQLite's loop connection (reopened on the next read)."""
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
 
+    async def dispose(self) -> None:
+        """Close every connection of the reads, at shutdown."""
+        self.close()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
+            self._read_engine = None
 
+
+# PostgreSQL connections of the lookups' reads (LookupReader), and how long a read waits
+# for one of them before the request is answered 503.
+READ_CONNECTIONS = 8
+READ_POOL_TIMEOUT = 5.0
 # A read on the event loop waits at most this long for a lock before going async.
 SQLITE_LOOP_READ_TIMEOUT = 0.005
 

@@ -32,7 +32,7 @@ from app.chain.anvil import AnvilNode
 from app.chain.client import ChainClient
 from app.chain.registrar import Registrar
 from app.chain.signer import Signer, load_or_create_key_file, load_signer
-from app.db import make_async_engine, make_sessionmaker
+from app.db import LookupReader, make_async_engine, make_sessionmaker
 from app.metrics import Metrics
 from app.provision import (
     OPERATOR_ERRORS,
@@ -199,6 +199,7 @@ async def open_runtime(
     provisioning recorded. A `command` takes the leader lock when it is free, and runs the
     embedded node only while holding it and the data directory's lock."""
     engine = make_async_engine(settings)
+    reader = LookupReader(engine, own_pool=True, connect_timeout=settings.db_connect_timeout)
     lock = leader_lock(engine, settings.sqlite_path())
     is_leader = False
     node: AnvilNode | None = None
@@ -238,6 +239,7 @@ async def open_runtime(
             lookup_cache_seconds=settings.lookup_cache_seconds,
             owner_address=signer.address if signer is not None else None,
             serve_pending=settings.only_writer(),
+            reader=reader,
         )
         yield Runtime(
             settings=settings,
@@ -256,6 +258,7 @@ async def open_runtime(
         await supervisor.stop()
         if client is not None:
             await client.close()
+        await reader.dispose()
         await engine.dispose()
         # The node stops before the locks that keep a second one off its state go.
         if node is not None:

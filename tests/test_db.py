@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.chain.registrar import ChainRecord
@@ -66,7 +67,7 @@ def test_reader_reads_what_another_connection_just_committed(settings: Settings)
         assert await reader.name("zed") == NameRow("zed", "zed", JAMI_ID, OWNER, "pk", "sig", False)
         assert await reader.name("bob") == NameRow("Bob", "bob", JAMI_ID, OWNER, None, None, False)
         assert (await reader.name("yan")) is not None
-        reader.close()
+        await reader.dispose()
 
     run(settings, scenario)
 
@@ -83,7 +84,7 @@ def test_reader_lists_rows_pointing_at_an_id_pending_first(settings: Settings) -
         ]
         assert [row.name for row in await reader.pointing_at(JAMI_ID, 1)] == ["yan"]
         assert await reader.pointing_at("b" * 40, 4) == []
-        reader.close()
+        await reader.dispose()
 
     run(settings, scenario)
 
@@ -105,5 +106,36 @@ def test_sqlite_read_that_fails_on_the_loop_goes_through_the_engine(tmp_path: Pa
         reader._sqlite_connection = busy  # type: ignore[method-assign]
         assert (await reader.name("zed")) is not None
         assert len(await reader.pointing_at(JAMI_ID, 4)) == 3
+
+    run(settings, scenario)
+
+
+def test_postgresql_read_on_a_connection_the_server_dropped_is_read_again(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """The reads' pool skips the ping before each use: a connection PostgreSQL dropped (a
+    restart, an administrator) is found on use, and the read goes again on a new one
+    instead of answering 503."""
+    url = postgres.create_database(f"reader_{secrets.token_hex(4)}")
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
+    migrate(settings)
+
+    async def scenario(engine: AsyncEngine) -> None:
+        await store(engine)
+        reader = LookupReader(engine, own_pool=True)
+        try:
+            assert (await reader.name("zed")) is not None  # a read connection now idles
+            async with engine.connect() as connection:
+                dropped = await connection.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert dropped
+            assert (await reader.name("zed")) is not None
+            assert len((await reader.claims("zed", JAMI_ID, "zed", 4)).pointing) == 3
+        finally:
+            await reader.dispose()
 
     run(settings, scenario)

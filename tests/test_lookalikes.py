@@ -90,7 +90,7 @@ async def lookalike_taken(db: DB, name: str) -> str | None:
     try:
         claims = await reader.claims(fold(name), secrets.token_hex(20), name_skeleton(name), 4)
     finally:
-        reader.close()
+        await reader.dispose()
     return claims.lookalike
 
 
