@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -314,6 +315,20 @@ def server_state(app: Starlette) -> ServerState:
     return state
 
 
+def settle_heap() -> None:
+    """Move every object alive once the server started (its modules, the runtime) out of
+    the garbage collector's reach (gc.freeze).
+
+    A full collection visits every tracked object; after start-up that is several hundred
+    thousand objects of web3, SQLAlchemy, FastAPI and pydantic that live as long as the
+    process. While the answer cache grows, full collections come one after another, and
+    each held the event loop: p99 140 ms for first lookups of a 100k-name registry
+    (bench/lookups.py `hit`), 13 ms with the start-up objects frozen. Garbage made before
+    this point is collected first, so none of it is kept for ever."""
+    gc.collect()
+    gc.freeze()
+
+
 def lifespan_for(
     state: ServerState, *, provisioned: bool
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
@@ -339,6 +354,7 @@ def lifespan_for(
                     settings.chain_id,
                     "embedded node" if runtime.node is not None else runtime.client.url,
                 )
+                settle_heap()
                 yield
         except OPERATOR_ERRORS as exc:
             if not started:
