@@ -4,15 +4,16 @@ a real server, the line of an answer from the cache and of one from the routes."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from app.logs import (
     ACCESS_FLUSH_SECONDS,
@@ -106,43 +107,37 @@ def test_access_lines_wait_for_the_timer_then_come_whole_in_atomic_writes() -> N
     assert all(len(chunk.encode()) <= 4096 and chunk.endswith("\n") for chunk in stream.writes)
 
 
-@pytest.fixture
-def stderr_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[Writes]:
-    """configure_logging on a stream of the test's; the log's configuration put back."""
+@contextlib.contextmanager
+def configured_log(level: str) -> Iterator[Writes]:
+    """configure_logging at `level` (access log on) on a stream of the test's; the log's
+    configuration put back afterwards."""
     stream = Writes()
-    monkeypatch.setattr("sys.stderr", stream)
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, root_level, stderr = root.handlers[:], root.level, sys.stderr
+    sys.stderr = stream
     try:
-        configure_logging("info", access_log=True)
+        configure_logging(level, access_log=True)
         yield stream
     finally:
         ACCESS_LOG.configure(None, json_lines=False)
+        sys.stderr = stderr
         root.handlers[:] = handlers
-        root.setLevel(level)
+        root.setLevel(root_level)
 
 
-def test_access_lines_come_before_any_later_log_line(stderr_log: Writes) -> None:
-    ACCESS_LOG.line(("127.0.0.1", 1), "GET", "/name/first", b"", "1.1", 200)
-    logging.getLogger("app.tests").warning("second")
-    lines = stderr_log.getvalue().splitlines()
+def test_access_lines_come_before_any_later_log_line() -> None:
+    with configured_log("info") as stream:
+        ACCESS_LOG.line(("127.0.0.1", 1), "GET", "/name/first", b"", "1.1", 200)
+        logging.getLogger("app.tests").warning("second")
+    lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     assert "/name/first" in lines[0] and lines[1].endswith("second")
 
 
-def test_no_access_line_above_info(monkeypatch: pytest.MonkeyPatch) -> None:
-    stream = Writes()
-    monkeypatch.setattr("sys.stderr", stream)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging("warning", access_log=True)
+def test_no_access_line_above_info() -> None:
+    with configured_log("warning") as stream:
         ACCESS_LOG.line(("127.0.0.1", 1), "GET", "/name/x", b"", "1.1", 200)
         ACCESS_LOG.flush()
-    finally:
-        ACCESS_LOG.configure(None, json_lines=False)
-        root.handlers[:] = handlers
-        root.setLevel(level)
     assert stream.getvalue() == ""
 
 

@@ -49,6 +49,18 @@ def _fold(segment: bytes) -> str | None:
         return None
 
 
+def _log_access(access_log: AccessLog, scope: Scope, status: int) -> None:
+    """The access line of the answer to `scope` (uvicorn's words: the path as asked)."""
+    access_log.line(
+        scope.get("client"),
+        scope["method"],
+        scope["path"],
+        scope.get("query_string", b""),
+        scope.get("http_version", "1.1"),
+        status,
+    )
+
+
 class HotPath:
     """The ASGI app around `app` that answers answer-cache hits itself.
 
@@ -114,14 +126,7 @@ class HotPath:
 
         async def send_and_log(message: Message) -> None:
             if message["type"] == "http.response.start":
-                access_log.line(
-                    scope.get("client"),
-                    scope["method"],
-                    scope["path"],
-                    scope.get("query_string", b""),
-                    scope.get("http_version", "1.1"),
-                    message["status"],
-                )
+                _log_access(access_log, scope, message["status"])
             await send(message)
 
         return send_and_log
@@ -194,14 +199,7 @@ class HotPath:
         token = request_id.set(current)
         try:
             if self.access_log is not None:
-                self.access_log.line(
-                    scope.get("client"),
-                    method,
-                    scope["path"],
-                    scope.get("query_string", b""),
-                    scope.get("http_version", "1.1"),
-                    status,
-                )
+                _log_access(self.access_log, scope, status)
             await send(
                 {
                     "type": "http.response.start",

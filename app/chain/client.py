@@ -146,20 +146,16 @@ class HttpTransport:
         self.url = url
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
 
-    def _session_on_this_loop(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._session
-        if session is None or session.closed or self._session_loop is not loop:
-            # One session per event loop (aiohttp binds it to the loop that made it): a
-            # client used from a new loop (the CLI runs several) starts a new one.
-            session = aiohttp.ClientSession(
+    def _http_session(self) -> aiohttp.ClientSession:
+        """The session of this transport, made on first use: on the event loop of its
+        client (the runtime's, or provisioning's), which closes it (`close`)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0), json_serialize=json.dumps
             )
-            self._session, self._session_loop = session, loop
-        return session
+        return self._session
 
     def _number(self, call: dict[str, Any]) -> dict[str, Any]:
         return {"jsonrpc": "2.0", "id": next(self._ids), **call}
@@ -186,7 +182,7 @@ class HttpTransport:
             raise ChainUnavailable("chain node sent a malformed answer") from exc
 
     async def _post(self, body: Any) -> Any:
-        async with self._session_on_this_loop().post(self.url, json=body) as answer:
+        async with self._http_session().post(self.url, json=body) as answer:
             if answer.status != 200:
                 # A proxy's error page, or a node that refuses the request as a whole.
                 logger.info("chain node answered HTTP %d", answer.status)
