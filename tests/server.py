@@ -185,6 +185,21 @@ class ServerProcess:
                 raise AssertionError(f"{name}: {body} after {timeout} s")
             time.sleep(0.05)
 
+    def wait_writer_running(self, timeout: float = 30.0) -> None:
+        """Poll /metrics until the writer has done its first step. That step reconciles SQL
+        with the chain: before it, a registration confirmed in blocks the node lost still
+        shows as confirmed."""
+        deadline = time.monotonic() + timeout
+        running = 'jamins_tx_writer_state{state="running"} 1.0'
+        while True:
+            text = httpx.get(f"{self.url}/metrics", timeout=10, verify=False).text
+            if running in text.splitlines():
+                return
+            if time.monotonic() > deadline:
+                states = [line for line in text.splitlines() if "tx_writer_state{" in line]
+                raise AssertionError(f"writer not running after {timeout} s: {states}")
+            time.sleep(0.05)
+
     def registrar_address(self) -> str:
         return str(httpx.get(f"{self.url}/healthz", timeout=10, verify=False).json()["registrar"])
 

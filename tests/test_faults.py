@@ -295,6 +295,9 @@ def test_power_loss_of_server_and_embedded_node_puts_lost_names_back(tmp_path: P
             # Every name answered 200 before the loss answers 200 at once after it.
             again = {name: http.get(f"/name/{name}").status_code for name in first + last}
             assert again == answered
+            # Until the writer's first step has put the lost names back to pending, they
+            # still show as confirmed: waiting for settlement before it proves nothing.
+            server.wait_writer_running()
             settled = {name: server.wait_settled(name, timeout=60) for name in first + last}
             for name in first + last:
                 found = http.get(f"/name/{name}").json()
