@@ -565,3 +565,54 @@ def test_raw_batches_asked_while_others_are_on_their_way_share_one_request(
     assert answers == [[[tag], [tag + "2"]] for tag in ("a", "b", "c", "d")]
     assert len(node.requests) == BATCHES_IN_FLIGHT + 1
     assert [call["params"] for call in node.requests[-1]] == [["c"], ["c2"], ["d"], ["d2"], ["bad"]]
+
+
+class GatedTransport:
+    """An in-memory node: each request waits for `gate`, then every call is answered with
+    its own params."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.requests: list[list[dict[str, Any]]] = []
+
+    async def send(self, payload: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        assert isinstance(payload, list)
+        self.requests.append(payload)
+        await self.gate.wait()
+        return [
+            {"jsonrpc": "2.0", "id": index, "result": call["params"]}
+            for index, call in enumerate(payload)
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def test_raw_batch_asked_as_the_last_senders_finish_is_sent() -> None:
+    """Both batches in flight answered in one turn of the loop: their callers run again
+    before the loop has forgotten the finished senders, and a batch they ask then must
+    still leave (it waited for ever: a registration hung in CI)."""
+
+    async def main() -> list[Any]:
+        client = ChainClient(closed_port_url(), timeout=5)
+        transport = GatedTransport()
+        client.transport = transport
+
+        async def again() -> list[Any]:
+            first = await client.rpc_batch([("eth_call", ["a"])])
+            return [first, await client.rpc_batch([("eth_call", ["a2"])])]
+
+        callers = [asyncio.create_task(again())]
+        while len(transport.requests) < 1:
+            await asyncio.sleep(0)
+        # Asked in the same turn as the first, it would share its request.
+        callers.append(asyncio.create_task(client.rpc_batch([("eth_call", ["b"])])))
+        while len(transport.requests) < BATCHES_IN_FLIGHT:
+            await asyncio.sleep(0)
+        transport.gate.set()
+        async with asyncio.timeout(2):
+            return list(await asyncio.gather(*callers))
+
+    answers = asyncio.run(main())
+
+    assert answers == [[[["a"]], [["a2"]]], [["b"]]]

@@ -268,7 +268,6 @@ class ChainClient:
             # request id of the context they run in).
             sender = asyncio.create_task(self._send_waiting(), context=contextvars.Context())
             self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
         return await waiting.answered
 
     async def _send_waiting(self) -> None:
@@ -290,6 +289,13 @@ class ChainClient:
                     waiting.answered.set_exception(ChainUnavailable())
             self._waiting.clear()
             raise
+        finally:
+            # In the turn it finds nothing left to send: a done callback would run a turn
+            # later, and a batch asked in between would count this sender as on its way
+            # and wait for ever.
+            task = asyncio.current_task()
+            assert task is not None
+            self._senders.discard(task)
 
     async def _answer(self, batch: list[_Waiting]) -> None:
         try:
