@@ -15,7 +15,7 @@ serve: install
 # TEST_WORKERS=0 runs the suite in this one process (what a debugger wants).
 TEST_WORKERS ?= 4
 test: install postgres-binaries geth test-tools
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(ARGS)
 
 lint: install
 	$(BIN)/ruff check app migrations contracts tests tools bench

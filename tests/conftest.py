@@ -63,6 +63,33 @@ ChainNode = AnvilNode | GethNode
 NODE_KINDS = ("anvil", "geth")
 
 
+# The modules that take longest on one worker, longest first (wall seconds of a full run on
+# 4 workers, `make test`). xdist's loadscope hands each worker the next module of the queue
+# when it runs dry; with these first, no long module starts last and holds up the end.
+LONGEST_MODULES = (
+    "test_faults.py",  # 166 s
+    "test_geth_reorg.py",  # 125 s
+    "test_jamid.py",  # 124 s
+    "test_api.py",  # 111 s
+    "test_geth.py",  # 100 s
+    "test_indexer.py",  # 85 s
+    "test_two_servers.py",  # 48 s
+    "test_compose.py",  # 47 s
+    "test_portability.py",  # 46 s
+    "test_startup.py",  # 42 s
+    "test_races.py",  # 36 s
+    "test_security.py",  # 36 s
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first (the Makefile turns off xdist's reorder by test count); each
+    module's tests keep the order pytest gave them."""
+    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Give `node` the kinds the closest `nodes` marker names (default: anvil only).
 
