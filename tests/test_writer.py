@@ -243,3 +243,23 @@ def test_writer_paused_by_an_outage_too_long_reports_it(tmp_path: Path, node: Fa
             await stop(task)
 
     run_with_writer(tmp_path, node, scenario, stuck_after=0.2)
+
+
+def test_idle_writer_asks_the_node_nothing(tmp_path: Path, node: FakeNode) -> None:
+    """Nothing in flight and nothing to send: a step (one every receipt poll, for as long as
+    the server runs) sends the node no request."""
+
+    async def scenario(
+        node: FakeNode, writer: TxWriter, db: async_sessionmaker[AsyncSession]
+    ) -> None:
+        await accept(db, "idle", "1d" * 20)
+        await writer.step()  # its start (reconcile, nonces) and the send
+        node.mine()
+        await writer.step()
+        assert await states(db) == {"idle": ("confirmed", None)}
+        node.methods.clear()
+        for _ in range(3):
+            assert await writer.step() is False
+        assert node.methods == []
+
+    run_with_writer(tmp_path, node, scenario)

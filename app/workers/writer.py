@@ -222,6 +222,10 @@ class TxWriter:
         if self.next_nonce is None:
             await self._recover()
         in_flight = await self._settle_in_flight()
+        if not in_flight and not self.fillers and await self._next_unsent() is None:
+            # Idle: no nonce to check before a send, nor gap below one in flight. (A
+            # server's idle writer asked the node every poll, for nothing.)
+            return False
         await self._check_nonces()
         sent = 0
         while in_flight + sent < self.max_in_flight:
