@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import itertools
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,7 +15,18 @@ from typing import Any, NamedTuple
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import (
+    ARRAY,
+    Engine,
+    String,
+    any_,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -245,6 +259,7 @@ class LookupReader:
         self.connect_timeout = connect_timeout
         self._sqlite: sqlite3.Connection | None = None
         self._read_engine: AsyncEngine | None = None
+        self._names: CoalescedReads | None = None
 
     def _reads(self) -> AsyncEngine:
         """The engine reads go through: the server's, or with `own_pool` on PostgreSQL a
@@ -321,13 +336,32 @@ class LookupReader:
             return [list(await connection.execute(query.statement())) for query in queries]
 
     async def name(self, folded: str) -> NameRow | None:
-        """The row whose fold is `folded`."""
+        """The row whose fold is `folded`.
+
+        On PostgreSQL, the folds asked while NAME_READS_IN_FLIGHT reads are on their way
+        are read together, in one statement: a round trip and a statement cost the loop
+        far more than the rows, and first lookups come many at a time."""
+        if self.engine.dialect.name == "postgresql":
+            if self._names is None:
+                self._names = CoalescedReads(self._names_of)
+            return await self._names.get(folded)
         rows = await self._rows(
             f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?",
             (folded,),
             lambda: select(*_COLUMNS).where(NameRecord.folded_name == folded).limit(1),
         )
         return _name_row(rows[0]) if rows else None
+
+    async def _names_of(self, folded: list[str]) -> dict[str, NameRow]:
+        """The rows of these folds (one statement, whatever their number)."""
+        rows = await self._rows(
+            "",  # PostgreSQL only (`name`): never run on SQLite's loop connection
+            (),
+            lambda: select(*_COLUMNS).where(
+                NameRecord.folded_name == any_(literal(folded, ARRAY(String)))
+            ),
+        )
+        return {row.folded_name: row for row in map(_name_row, rows)}
 
     async def pointing_at(self, jami_id: str, limit: int) -> list[NameRow]:
         """Up to `limit` rows whose address is `jami_id`, pending first, then by name."""
@@ -389,6 +423,88 @@ class LookupReader:
             await self._read_engine.dispose()
             self._read_engine = None
 
+
+class CoalescedReads:
+    """Point reads by key, the keys asked while NAME_READS_IN_FLIGHT reads are on their way
+    sent together in the next (at most NAME_READS_LIMIT keys each).
+
+    Each read is fresh (nothing is kept between them): a caller gets what SQL held at a
+    moment after it asked. A caller that goes away (a cancelled request) leaves the others
+    their answers; a failed read fails each of its callers with DatabaseUnavailable."""
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, NameRow]]]) -> None:
+        self.read = read
+        self._waiting: dict[str, list[asyncio.Future[NameRow | None]]] = {}
+        self._senders: set[asyncio.Task[None]] = set()
+        # Reads sent and keys they held, for tests and the benchmark.
+        self.reads = 0
+        self.keys_read = 0
+
+    async def get(self, key: str) -> NameRow | None:
+        answer: asyncio.Future[NameRow | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(answer)
+        if len(self._senders) < NAME_READS_IN_FLIGHT:
+            # A context of its own: the read serves many requests (log lines carry the
+            # request id of the context they run in).
+            sender = asyncio.create_task(self._send_waiting(), context=contextvars.Context())
+            self._senders.add(sender)
+        return await answer
+
+    async def _send_waiting(self) -> None:
+        try:
+            while self._waiting:
+                keys = list(itertools.islice(self._waiting, NAME_READS_LIMIT))
+                batch = {key: self._waiting.pop(key) for key in keys}
+                live = [
+                    key
+                    for key, answers in batch.items()
+                    if not all(answer.done() for answer in answers)  # callers all gone
+                ]
+                if live:
+                    await self._answer(live, batch)
+        except BaseException as exc:
+            # Cancelled (the loop is closing): no caller waits for ever.
+            for answers in self._waiting.values():
+                _fail_all(answers, exc)
+            self._waiting.clear()
+            raise
+        finally:
+            # In the turn it finds nothing left: see ChainClient._send_waiting.
+            task = asyncio.current_task()
+            assert task is not None
+            self._senders.discard(task)
+
+    async def _answer(
+        self, keys: list[str], batch: dict[str, list[asyncio.Future[NameRow | None]]]
+    ) -> None:
+        try:
+            rows = await self.read(keys)
+        except BaseException as exc:
+            for answers in batch.values():
+                _fail_all(answers, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.reads += 1
+        self.keys_read += len(keys)
+        for key, answers in batch.items():
+            for answer in answers:
+                if not answer.done():
+                    answer.set_result(rows.get(key))
+
+
+def _fail_all(answers: list[asyncio.Future[Any]], cause: BaseException) -> None:
+    for answer in answers:
+        if not answer.done():
+            # One exception per caller: each raises it with a traceback of its own.
+            unavailable = DatabaseUnavailable()
+            unavailable.__cause__ = cause
+            answer.set_exception(unavailable)
+
+
+# Name reads on their way at once on PostgreSQL, and the folds one of them holds at most.
+NAME_READS_IN_FLIGHT = 2
+NAME_READS_LIMIT = 256
 
 # PostgreSQL connections of the lookups' reads (LookupReader), and how long a read waits
 # for one of them before the request is answered 503.

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.chain.registrar import ChainRecord
 from app.db import (
+    NAME_READS_IN_FLIGHT,
+    CoalescedReads,
     LookupReader,
     NameRow,
     make_async_engine,
@@ -21,6 +23,7 @@ from app.db import (
     migrate,
     session_scope,
 )
+from app.errors import DatabaseUnavailable
 from app.services.records import Claim, chain_record, pending_record
 from app.settings import Settings
 from tests.pg import PostgresServer
@@ -139,3 +142,127 @@ def test_postgresql_read_on_a_connection_the_server_dropped_is_read_again(
             await reader.dispose()
 
     run(settings, scenario)
+
+
+def test_postgresql_name_reads_asked_together_go_in_few_statements(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """First lookups many at a time: each gets its own row (or none), from a few
+    statements, not one each."""
+    url = postgres.create_database(f"reader_{secrets.token_hex(4)}")
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=url)
+    migrate(settings)
+    asked = ["zed", "bob", "yan", "nobody"] * 10
+
+    async def scenario(engine: AsyncEngine) -> None:
+        await store(engine)
+        reader = LookupReader(engine, own_pool=True)
+        try:
+            rows = await asyncio.gather(*(reader.name(folded) for folded in asked))
+            assert reader._names is not None
+            reads = reader._names.reads
+        finally:
+            await reader.dispose()
+        assert [row.folded_name if row else None for row in rows] == [
+            "zed",
+            "bob",
+            "yan",
+            None,
+        ] * 10
+        assert rows[0] == NameRow("zed", "zed", JAMI_ID, OWNER, "pk", "sig", False)
+        assert rows[2] is not None and rows[2].pending
+        assert reads <= NAME_READS_IN_FLIGHT + 1
+
+    run(settings, scenario)
+
+
+class GatedReads:
+    """CoalescedReads' read at the adapter boundary: each read waits for `gate`, then
+    answers every key that is in `rows`, or fails with `error`."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.reads: list[list[str]] = []
+        self.error: Exception | None = None
+
+    async def read(self, keys: list[str]) -> dict[str, NameRow]:
+        self.reads.append(keys)
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return {key: NameRow(key, key, JAMI_ID, OWNER, None, None, False) for key in keys}
+
+
+async def two_on_their_way(
+    reads: GatedReads, coalesced: CoalescedReads
+) -> list[asyncio.Task[NameRow | None]]:
+    """Two reads sent one after the other (asked in one turn, they would share one)."""
+    first = []
+    for key in ("a", "b"):
+        first.append(asyncio.create_task(coalesced.get(key)))
+        while len(reads.reads) < len(first):
+            await asyncio.sleep(0)
+    return first
+
+
+def test_coalesced_reads_asked_meanwhile_share_the_next_read() -> None:
+    async def main() -> None:
+        reads = GatedReads()
+        coalesced = CoalescedReads(reads.read)
+        first = await two_on_their_way(reads, coalesced)
+        later = [asyncio.create_task(coalesced.get(key)) for key in ("c", "d", "c")]
+        gone = asyncio.create_task(coalesced.get("e"))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client went away: the others still get their answers
+        reads.gate.set()
+        async with asyncio.timeout(2):
+            rows = await asyncio.gather(*first, *later)
+        assert [row.name if row else None for row in rows] == ["a", "b", "c", "d", "c"]
+        assert reads.reads == [["a"], ["b"], ["c", "d"]]  # not "e": no one waits for it
+
+    asyncio.run(main())
+
+
+def test_coalesced_read_asked_as_the_last_senders_finish_is_sent() -> None:
+    """Both reads on their way answered in one turn: a read asked before the loop forgets
+    the finished senders still leaves (ChainClient.rpc_batch hung on exactly this)."""
+
+    async def main() -> None:
+        reads = GatedReads()
+        coalesced = CoalescedReads(reads.read)
+
+        async def again() -> list[NameRow | None]:
+            return [await coalesced.get("a"), await coalesced.get("a2")]
+
+        caller = asyncio.create_task(again())
+        while not reads.reads:
+            await asyncio.sleep(0)
+        other = asyncio.create_task(coalesced.get("b"))
+        while len(reads.reads) < NAME_READS_IN_FLIGHT:
+            await asyncio.sleep(0)
+        reads.gate.set()
+        async with asyncio.timeout(2):
+            rows = await caller
+        assert [row.name if row else None for row in rows] == ["a", "a2"]
+        assert (await other) is not None
+
+    asyncio.run(main())
+
+
+def test_coalesced_read_that_fails_fails_each_caller_with_503() -> None:
+    async def main() -> None:
+        reads = GatedReads()
+        reads.error = OSError("connection refused")
+        coalesced = CoalescedReads(reads.read)
+        first = await two_on_their_way(reads, coalesced)
+        later = [asyncio.create_task(coalesced.get(key)) for key in ("c", "d")]
+        reads.gate.set()
+        async with asyncio.timeout(2):
+            outcomes = await asyncio.gather(*first, *later, return_exceptions=True)
+        assert all(isinstance(outcome, DatabaseUnavailable) for outcome in outcomes), outcomes
+        assert len({id(outcome) for outcome in outcomes}) == len(outcomes)
+        # The next read is read afresh.
+        reads.error = None
+        assert (await coalesced.get("f")) is not None
+
+    asyncio.run(main())
