@@ -163,16 +163,30 @@ def test_reverse_hit_and_prefix() -> None:
     assert count(hot_path, metrics, ADDR_ROUTE, "GET", "200") == 1
 
 
-def test_negative_hit_only_when_this_process_is_the_only_writer() -> None:
+def test_negative_hit_without_sql_only_when_this_process_is_the_only_writer() -> None:
     service = make_service()
     hot_path, _, metrics = make_hot_path(service)
     status, _, body, _ = call(hot_path, "/name/free")
     assert (status, body) == (404, NOT_FOUND_BODY)
     assert count(hot_path, metrics, NAME_ROUTE, "GET", "404") == 1
     assert service.cache_counts["name", "negative_hit"] == 1
-    shared, inner, _ = make_hot_path(service, serve_negative=False)
-    assert call(shared, "/name/free")[0] == 599
-    assert inner.paths == ["/name/free"]
+    assert service.reader.reads == []  # type: ignore[attr-defined]
+
+
+def test_negative_hit_of_a_shared_database_is_answered_once_sql_has_no_row() -> None:
+    """Another server may have taken the name: the cached "free" is answered only after
+    this request's own read finds no row, as the route would, and here (the route read SQL
+    a second time and went through the error handling)."""
+    service = make_service()
+    shared, inner, metrics = make_hot_path(service, serve_negative=False)
+    status, _, body, _ = call(shared, "/name/free")
+    assert (status, body) == (404, NOT_FOUND_BODY)
+    assert service.reader.reads == ["free"]  # type: ignore[attr-defined]
+    assert service.cache_counts["name", "negative_hit"] == 1
+    assert count(shared, metrics, NAME_ROUTE, "GET", "404") == 1
+    # Not known free (never asked the chain): the route decides.
+    assert call(shared, "/name/unknown")[0] == 599
+    assert inner.paths == ["/metrics", "/name/unknown"]
 
 
 def test_anything_else_goes_to_the_stack() -> None:

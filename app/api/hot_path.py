@@ -28,7 +28,7 @@ from app import names
 from app.errors import JaminsError
 from app.logs import AccessLog, given_or_new_request_id, request_id
 from app.middlewares import MAX_PATH_BYTES
-from app.services.registry import NameService
+from app.services.registry import KNOWN_FREE, NameService
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
@@ -182,6 +182,10 @@ class HotPath:
                     body = await read(key)
         except (JaminsError, TimeoutError):
             return None
+        if body is KNOWN_FREE:
+            # SQL, read just now, has no row: the cached "free" holds even for a database
+            # other servers write (the route would read again and say the same).
+            return route, 404, NOT_FOUND_BODY
         return None if body is None else (route, 200, body)
 
     async def _send(

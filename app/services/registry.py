@@ -17,6 +17,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict, Field
@@ -142,6 +143,9 @@ def _chain_candidates(name: str, folded: str) -> list[str]:
 # anyone can add rows. Pending rows (accepted here) come first so none crowds them out;
 # any other proven binding is also the chain's reverse entry, read after these.
 REVERSE_CANDIDATES = 4
+# What NameService.stored_name_body returns for a name SQL does not hold and the negative
+# cache knows free (its 404).
+KNOWN_FREE: Literal[False] = False
 
 
 def _proves_binding(record: NameRecord | NameRow, jami_id: str) -> bool:
@@ -263,13 +267,18 @@ class NameService:
         self.answers.keep_name(view.folded_name, body, view.cache_token)
         return body
 
-    async def stored_name_body(self, folded: str) -> bytes | None:
+    async def stored_name_body(self, folded: str) -> bytes | Literal[False] | None:
         """The `GET /name/{name}` answer of the name folded as `folded` when SQL holds
-        it and it may be answered (kept in the answer cache when final); None otherwise,
-        for lookup_name to decide (the chain, the negative cache, a pending record)."""
+        it and it may be answered (kept in the answer cache when final); KNOWN_FREE when SQL
+        holds no row and the negative cache knows the name free (the 404); None otherwise,
+        for lookup_name to decide (the chain, a pending record)."""
         stamp = self.answers.stamp()
         record = await self.reader.name(folded)
         if record is None:
+            if self.answers.name_missing(folded):
+                # As lookup_name: SQL has no row and the chain was asked lately.
+                self.cache_counts["name", "negative_hit"] += 1
+                return KNOWN_FREE
             return None
         try:
             view = self._answerable(record, stamp)
