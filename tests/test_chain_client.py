@@ -362,24 +362,36 @@ def test_send_raw_transaction_rpc_error_is_rejected(
     assert not isinstance(caught.value, ChainUnavailable)
 
 
-@pytest.mark.parametrize(
-    "reply",
-    [
-        pytest.param((500, "text/plain", b"Internal Server Error"), id="http-500-text"),
-        pytest.param((502, "text/html", b"<html>Bad Gateway</html>"), id="http-502-html"),
-        pytest.param((200, "text/html", b"<html>captive portal</html>"), id="http-200-html"),
-        pytest.param((200, "application/json", b"{truncated"), id="http-200-broken-json"),
-        pytest.param((200, "application/json", b'{"status": "ok"}'), id="http-200-not-json-rpc"),
-    ],
-)
-def test_call_malformed_answer_is_unavailable(
-    start_node: Callable[[Responder], FakeNode], reply: Reply
+# What a proxy or a broken node may answer instead of JSON-RPC.
+MALFORMED_REPLIES = [
+    pytest.param((500, "text/plain", b"Internal Server Error"), id="http-500-text"),
+    pytest.param((502, "text/html", b"<html>Bad Gateway</html>"), id="http-502-html"),
+    pytest.param((200, "text/html", b"<html>captive portal</html>"), id="http-200-html"),
+    pytest.param((200, "application/json", b"{truncated"), id="http-200-broken-json"),
+    pytest.param((200, "application/json", b'{"status": "ok"}'), id="http-200-not-json-rpc"),
+    pytest.param((200, "application/json", b'"ok"'), id="http-200-not-an-object"),
+    pytest.param((200, "application/json", b'[{"status": "ok"}]'), id="http-200-list-not-rpc"),
+]
+# Each way the client reads the node: web3's call, and the raw transport's call and batch.
+READS: dict[str, Callable[[ChainClient], Awaitable[Any]]] = {
+    "web3": lambda client: client.chain_id(),
+    "raw": lambda client: client.rpc("eth_chainId", []),
+    "raw-batch": lambda client: client.rpc_batch([("eth_chainId", [])]),
+    "block-number": lambda client: client.block_number(),
+}
+
+
+@pytest.mark.parametrize("read", list(READS))
+@pytest.mark.parametrize("reply", MALFORMED_REPLIES)
+def test_malformed_answer_is_unavailable(
+    start_node: Callable[[Responder], FakeNode], reply: Reply, read: str
 ) -> None:
-    # A proxy's error page means the node cannot be reached: a transient 503, not a 500.
+    # A proxy's error page means the node cannot be reached: a transient 503, not a 500,
+    # and never a read that seems to say "nothing there".
     node = start_node(lambda request: reply)
 
     with pytest.raises(ChainUnavailable):
-        with_client(node.url, 2, lambda client: client.chain_id())
+        with_client(node.url, 2, READS[read])
 
 
 class _GatedLock:
@@ -483,26 +495,6 @@ def test_raw_batch_answered_out_of_order_comes_back_in_order(kept_alive: FakeNod
     results = with_client(kept_alive.url, 2, lambda client: client.rpc_batch(calls))
 
     assert results == [[index] for index in range(5)]
-
-
-@pytest.mark.parametrize(
-    "reply",
-    [
-        pytest.param((500, "text/plain", b"Internal Server Error"), id="http-500-text"),
-        pytest.param((200, "text/html", b"<html>captive portal</html>"), id="http-200-html"),
-        pytest.param((200, "application/json", b"{truncated"), id="http-200-broken-json"),
-        pytest.param((200, "application/json", b'"ok"'), id="http-200-not-json-rpc"),
-    ],
-)
-def test_raw_read_malformed_answer_is_unavailable(
-    start_node: Callable[[Responder], FakeNode], reply: Reply
-) -> None:
-    node = start_node(lambda request: reply)
-
-    with pytest.raises(ChainUnavailable):
-        with_client(node.url, 2, lambda client: client.rpc("eth_chainId", []))
-    with pytest.raises(ChainUnavailable):
-        with_client(node.url, 2, lambda client: client.rpc_batch([("eth_chainId", [])]))
 
 
 def test_raw_read_unreachable_node_is_unavailable() -> None:

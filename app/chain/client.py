@@ -240,7 +240,7 @@ class ChainClient:
     async def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call (no web3 formatting): the `result`, or ChainRejected."""
         response = await self.transport.send({"method": method, "params": params})
-        if not isinstance(response, dict):
+        if not _is_answer(response):
             raise ChainUnavailable("chain node sent a malformed answer")
         if "error" in response:
             raise translate_error(_error_text(response["error"]))
@@ -326,11 +326,9 @@ class ChainClient:
         responses = await self.transport.send(
             [{"method": method, "params": params} for method, params in calls]
         )
-        if isinstance(responses, dict):  # the node refused the batch as a whole
-            raise translate_error(_error_text(responses.get("error")))
-        if not isinstance(responses, list) or not all(
-            isinstance(response, dict) for response in responses
-        ):
+        if isinstance(responses, dict) and "error" in responses:
+            raise translate_error(_error_text(responses["error"]))  # refused as a whole
+        if not isinstance(responses, list) or not all(map(_is_answer, responses)):
             raise ChainUnavailable("chain node sent a malformed answer")
         if len(responses) != len(calls):
             # geth answers a batch it refuses as a whole with a one-element array.
@@ -416,6 +414,13 @@ def _results(responses: list[dict[str, Any]]) -> list[Any]:
             raise translate_error(_error_text(response["error"]))
         results.append(response.get("result"))
     return results
+
+
+def _is_answer(response: Any) -> bool:
+    """Whether `response` is a JSON-RPC answer: an object with a result or an error. Any
+    other JSON (a proxy's status object) must not read as a null result: "no such block",
+    "no receipt yet"."""
+    return isinstance(response, dict) and ("result" in response or "error" in response)
 
 
 def _id_order(response: dict[str, Any]) -> int:
