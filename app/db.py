@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import logging
 import sqlite3
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import (
 import migrations
 from app.errors import DatabaseUnavailable
 from app.models import PENDING, Meta, NameRecord, Registration
+from app.senders import Senders
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ class CoalescedReads:
     def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, NameRow]]]) -> None:
         self.read = read
         self._waiting: dict[str, list[asyncio.Future[NameRow | None]]] = {}
-        self._senders: set[asyncio.Task[None]] = set()
+        self._senders = Senders(NAME_READS_IN_FLIGHT)
         # Reads sent and keys they held, for tests and the benchmark.
         self.reads = 0
         self.keys_read = 0
@@ -443,11 +443,7 @@ class CoalescedReads:
     async def get(self, key: str) -> NameRow | None:
         answer: asyncio.Future[NameRow | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(answer)
-        if len(self._senders) < NAME_READS_IN_FLIGHT:
-            # A context of its own: the read serves many requests (log lines carry the
-            # request id of the context they run in).
-            sender = asyncio.create_task(self._send_waiting(), context=contextvars.Context())
-            self._senders.add(sender)
+        self._senders.start(self._send_waiting)
         return await answer
 
     async def _send_waiting(self) -> None:
@@ -468,11 +464,6 @@ class CoalescedReads:
                 _fail_all(answers, exc)
             self._waiting.clear()
             raise
-        finally:
-            # In the turn it finds nothing left: see ChainClient._send_waiting.
-            task = asyncio.current_task()
-            assert task is not None
-            self._senders.discard(task)
 
     async def _answer(
         self, keys: list[str], batch: dict[str, list[asyncio.Future[NameRow | None]]]
@@ -480,6 +471,9 @@ class CoalescedReads:
         try:
             rows = await self.read(keys)
         except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, DatabaseUnavailable):
+                # A defect, not the database: logged whole here, as no caller sees it.
+                logger.exception("read of %d names failed", len(keys))
             for answers in batch.values():
                 _fail_all(answers, exc)
             if not isinstance(exc, Exception):

@@ -22,7 +22,6 @@ does not, seen on the real binary (tests/test_geth.py):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import json
 import logging
@@ -44,6 +43,7 @@ from web3.middleware import ExtraDataToPOAMiddleware
 from web3.types import BlockIdentifier
 
 from app.errors import ChainUnavailable
+from app.senders import Senders
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class ChainClient:
         self.transport: JsonRpcTransport = HttpTransport(url, timeout=timeout)
         # Batches waiting for the one on its way (rpc_batch), and the task that sends them.
         self._waiting: list[_Waiting] = []
-        self._senders: set[asyncio.Task[None]] = set()
+        self._senders = Senders(BATCHES_IN_FLIGHT)
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a web3 call; unreachable or slow node → ChainUnavailable, RPC error →
@@ -263,11 +263,7 @@ class ChainClient:
             return results
         waiting = _Waiting(calls, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
-        if len(self._senders) < BATCHES_IN_FLIGHT:
-            # A context of its own: the batch serves many requests (log lines carry the
-            # request id of the context they run in).
-            sender = asyncio.create_task(self._send_waiting(), context=contextvars.Context())
-            self._senders.add(sender)
+        self._senders.start(self._send_waiting)
         return await waiting.answered
 
     async def _send_waiting(self) -> None:
@@ -289,13 +285,6 @@ class ChainClient:
                     waiting.answered.set_exception(ChainUnavailable())
             self._waiting.clear()
             raise
-        finally:
-            # In the turn it finds nothing left to send: a done callback would run a turn
-            # later, and a batch asked in between would count this sender as on its way
-            # and wait for ever.
-            task = asyncio.current_task()
-            assert task is not None
-            self._senders.discard(task)
 
     async def _answer(self, batch: list[_Waiting]) -> None:
         try:
