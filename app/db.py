@@ -259,7 +259,10 @@ class LookupReader:
         self.connect_timeout = connect_timeout
         self._sqlite: sqlite3.Connection | None = None
         self._read_engine: AsyncEngine | None = None
-        self._names: CoalescedReads | None = None
+        # PostgreSQL's name reads, coalesced (see `name`).
+        self._names = (
+            CoalescedReads(self._names_of) if engine.dialect.name == "postgresql" else None
+        )
 
     def _reads(self) -> AsyncEngine:
         """The engine reads go through: the server's, or with `own_pool` on PostgreSQL a
@@ -341,9 +344,7 @@ class LookupReader:
         On PostgreSQL, the folds asked while NAME_READS_IN_FLIGHT reads are on their way
         are read together, in one statement: a round trip and a statement cost the loop
         far more than the rows, and first lookups come many at a time."""
-        if self.engine.dialect.name == "postgresql":
-            if self._names is None:
-                self._names = CoalescedReads(self._names_of)
+        if self._names is not None:
             return await self._names.get(folded)
         rows = await self._rows(
             f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?",
