@@ -20,6 +20,7 @@ import httpx
 
 from app.main import create_app
 from app.settings import Settings
+from tests import warm
 
 T = TypeVar("T")
 
@@ -61,13 +62,18 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 class ServerProcess:
-    """One `python -m app serve` process with the given JAMINS_* environment."""
+    """One `jamins serve` process with the given JAMINS_* environment: a fork of an
+    interpreter that has imported the application (tests/warm.py), or with `cold=True` a
+    fresh `python -m app serve`."""
 
-    def __init__(self, *, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, data_dir: Path, env: dict[str, str] | None = None, cold: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.env = env or {}
+        self.cold = cold
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | warm.WarmProcess | None = None
         self._log: BinaryIO | None = None
         self.log_path = data_dir / "server.log"
 
@@ -88,24 +94,19 @@ class ServerProcess:
         # Every test client is 127.0.0.1: the per-client registration limit would throttle
         # the suite. tests/test_security.py tests it with a limit of its own.
         env.setdefault("JAMINS_REGISTER_RATE_PER_MINUTE", "0")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reaped)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        argv = ["serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.cold or warm.cold_start():
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reaped)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", *argv],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        else:
+            self.process = warm.start(argv, env=env, cwd=REPO_ROOT, log_path=self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -299,7 +299,9 @@ def test_database_down_says_so_in_one_line(
 
 
 def test_second_serve_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
-    first = ServerProcess(data_dir=tmp_path)  # the embedded default: its own node
+    # The embedded default (its own node), as a fresh `python -m app serve` interpreter:
+    # the other servers of the suite are forks of one that imported the app (tests/warm.py).
+    first = ServerProcess(data_dir=tmp_path, cold=True)
     first.start()
     try:
         # The lock is the kernel's (flock), held by the first process: a second `serve`
