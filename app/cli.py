@@ -44,7 +44,7 @@ def load_settings(**overrides: Any) -> Settings:
     value ends the command with one line naming its variable."""
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return Settings.from_environment(**given)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

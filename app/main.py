@@ -40,7 +40,7 @@ def configure_connections(settings: Settings) -> None:
 def create_app_from_env() -> FastAPI:
     """The app of one worker process of `jamins serve --workers N` (which provisioned
     before starting the workers: app.provision)."""
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     configure_connections(settings)
     return create_app(settings, provisioned=True)

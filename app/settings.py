@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,15 +17,21 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """The server's configuration. Tests build it explicitly; `jamins` reads the environment."""
+    """The server's configuration. Tests build it explicitly (JAMINS_* variables, no file);
+    `jamins` reads the environment and a settings file (from_environment)."""
 
     model_config = SettingsConfigDict(
         env_prefix="JAMINS_",
-        # JAMINS_ENV_FILE names another settings file; empty: none (the test suite).
-        env_file=os.environ.get("JAMINS_ENV_FILE", ".env") or None,
         env_file_encoding="utf-8",
         extra="ignore",
     )
+
+    @classmethod
+    def from_environment(cls, **given: Any) -> Settings:
+        """What `jamins` runs with: `given`, then JAMINS_* variables, then the .env file of
+        the working directory, or the file JAMINS_ENV_FILE names (empty: none; the test
+        suite), as the environment says when this is called."""
+        return cls(_env_file=os.environ.get("JAMINS_ENV_FILE", ".env") or None, **given)
 
     data_dir: Path = Field(
         default_factory=default_data_dir,

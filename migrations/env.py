@@ -8,7 +8,7 @@ from app.db import make_sync_engine
 from app.models import Base
 from app.settings import Settings
 
-settings = context.config.attributes.get("settings") or Settings()
+settings = context.config.attributes.get("settings") or Settings.from_environment()
 engine = make_sync_engine(settings)
 try:
     with engine.connect() as connection:

@@ -35,7 +35,6 @@ for _key in [key for key in os.environ if key.startswith("JAMINS_")]:
     if _key not in ("JAMINS_ANVIL_PATH", "JAMINS_GETH_PATH"):
         del os.environ[_key]
 os.environ["JAMINS_ENV_FILE"] = ""
-Settings.model_config["env_file"] = None
 
 BACKENDS = ["sqlite", "postgresql"]
 _name_counter = itertools.count()

@@ -145,3 +145,14 @@ def test_example_dotenv_starts_the_embedded_default(
         pytest.fail("server did not start:\n" + log_path.read_text(errors="replace")[-3000:])
     assert health.json()["registrar"] != PUBLIC_REGISTRAR
     assert health.json()["registrations"] == "enabled"
+
+
+def test_the_settings_file_is_the_one_named_when_the_command_runs(tmp_path: Path) -> None:
+    """JAMINS_ENV_FILE is read when a command reads its settings, not when app.settings was
+    imported: a process that imported the application earlier (tests/warm.py's fork server,
+    this test process) still reads the file its own environment names."""
+    dotenv = tmp_path / "operator.env"
+    dotenv.write_text("JAMINS_WORKERS=0\n")
+    done = run_jamins("serve", "--port", str(free_port()), env={"JAMINS_ENV_FILE": str(dotenv)})
+    assert done.returncode == 2, done
+    assert "JAMINS_WORKERS=0" in done.stderr

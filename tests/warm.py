@@ -67,10 +67,6 @@ def _run_command(argv: list[str], env: dict[str, str], cwd: str, log_path: str) 
     sys.argv = [sys.executable, "-m", "app", *argv]
 
     from app.cli import cli
-    from app.settings import Settings
-
-    # Read when app.settings was imported (in the fork server): read again for this command.
-    Settings.model_config["env_file"] = os.environ.get("JAMINS_ENV_FILE", ".env") or None
 
     try:
         cli(args=argv, prog_name="jamins")
