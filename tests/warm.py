@@ -1,7 +1,7 @@
 """Start `jamins` processes as forks of an interpreter that has imported the application.
 
 A `python -m app serve` process spends about three CPU seconds importing web3, SQLAlchemy,
-FastAPI and the rest before it does anything, and the suite starts about a hundred servers.
+FastAPI and the rest before it does anything, and the suite starts about forty servers.
 multiprocessing's fork server imports them once per test worker; each server is then a
 fork of it: a process of its own (own PID, own signals, own exit code, stopped by PID),
 which sets its environment, working directory and output as a subprocess would and runs
