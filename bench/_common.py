@@ -191,8 +191,12 @@ def jamins_env(rpc_url: str, database_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_server(stack: contextlib.ExitStack, data_dir: Path, env: dict[str, str]) -> ServerProcess:
-    """`python -m app serve` on a free loopback port (tests/server.py's ServerProcess)."""
-    server = ServerProcess(data_dir=data_dir, env=env)
+    """`python -m app serve` on a free loopback port (tests/server.py's ServerProcess).
+
+    A fresh interpreter, as an operator runs it: not the tests' fork of a warm one, whose
+    heap (and garbage collector's work) differs, and which would import the benchmark's
+    script again in the fork."""
+    server = ServerProcess(data_dir=data_dir, env=env, cold=True)
     stack.callback(server.stop)
     server.start(timeout=120)
     return server

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -51,27 +52,62 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def post_all(base_url: str, bodies: dict[str, dict[str, str]]) -> dict[str, float]:
-    """POST every registration at once; returns each one's acknowledgement time in ms."""
-    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-        # Open the connections first, so the figures are the server's, not TCP set-up.
-        await asyncio.gather(*(client.get("/healthz") for _ in bodies))
+    """POST every registration at once; returns each one's acknowledgement time in ms.
+
+    A bare HTTP/1.1 client on asyncio streams, each request prebuilt as the bytes a client
+    sends, one connection per registration opened beforehand: what is timed is the server's
+    work, from the request's write to the last byte of its answer. (httpx's client, used
+    before, spent 570 ms of CPU on the burst, against 90 ms for the server: the figures were
+    largely its own.)"""
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
+    requests = {}
+    for name, body in bodies.items():
+        content = json.dumps(body).encode()
+        requests[name] = (
+            f"POST /name/{name} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
+        ).encode() + content
+    connections = {}
+    try:
+        for name in bodies:
+            reader, writer = await asyncio.open_connection(host, port)
+            connections[name] = (reader, writer)
+            writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            await _answer(reader)
         start = asyncio.Event()
 
-        async def post(name: str, body: dict[str, str]) -> float:
+        async def post(name: str) -> float:
+            reader, writer = connections[name]
             await start.wait()
             started = time.perf_counter()
-            answer = await client.post(f"/name/{name}", json=body)
+            writer.write(requests[name])
+            status, text = await _answer(reader)
             elapsed = (time.perf_counter() - started) * 1000
-            if answer.status_code != 200:
-                raise RuntimeError(f"POST /name/{name}: {answer.status_code} {answer.text}")
+            if status != 200:
+                raise RuntimeError(f"POST /name/{name}: {status} {text}")
             return elapsed
 
-        tasks = [asyncio.create_task(post(name, body)) for name, body in bodies.items()]
+        tasks = [asyncio.create_task(post(name)) for name in bodies]
         await asyncio.sleep(0.05)
         start.set()
         latencies = await asyncio.gather(*tasks)
+    finally:
+        for _, writer in connections.values():
+            writer.close()
     return dict(zip(bodies, latencies, strict=True))
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """The status and body of one HTTP/1.1 answer with a Content-Length."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    length = 0
+    for line in head[1:]:
+        field, _, value = line.partition(":")
+        if field.strip().lower() == "content-length":
+            length = int(value)
+    body = await reader.readexactly(length)
+    return int(head[0].split()[1]), body.decode(errors="replace")
 
 
 def ack_summary(acks: dict[str, float]) -> dict[str, Any]:
