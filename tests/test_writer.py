@@ -263,3 +263,45 @@ def test_idle_writer_asks_the_node_nothing(tmp_path: Path, node: FakeNode) -> No
         assert node.methods == []
 
     run_with_writer(tmp_path, node, scenario)
+
+
+def test_burst_of_acceptances_is_sent_once_the_wake_ups_stop(
+    tmp_path: Path, node: FakeNode
+) -> None:
+    """Each acceptance wakes the writer; its step runs on the loop that acknowledges the
+    others. While wake-ups keep coming less than quiet_seconds apart, it waits (at most
+    quiet_max_seconds), then sends the burst in one step."""
+
+    async def scenario(node: FakeNode, writer: TxWriter, db: DB) -> None:
+        task = asyncio.create_task(writer.run())
+        try:
+            await asyncio.sleep(0.2)  # its first step: nothing to send
+            node.methods.clear()
+            for index in range(15):  # 0.3 s of wake-ups, 0.02 s apart
+                await accept(db, f"burst{index}", f"{0xB00 + index:040x}")
+                writer.wake()
+                await asyncio.sleep(0.02)
+            assert "eth_sendRawTransaction" not in node.methods
+            async with asyncio.timeout(5):
+                while node.methods.count("eth_sendRawTransaction") < 15:
+                    await asyncio.sleep(0.01)
+            # Wake-ups that never stop still let it send after quiet_max_seconds.
+            node.methods.clear()
+            await accept(db, "endless", "e" * 40)
+            started = asyncio.get_running_loop().time()
+            while "eth_sendRawTransaction" not in node.methods:
+                writer.wake()
+                await asyncio.sleep(0.02)
+            assert asyncio.get_running_loop().time() - started < 2.0
+        finally:
+            await stop(task)
+
+    run_with_writer(
+        tmp_path,
+        node,
+        scenario,
+        poll_seconds=30,
+        max_in_flight=20,
+        quiet_seconds=0.1,
+        quiet_max_seconds=0.5,
+    )

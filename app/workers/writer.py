@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 
 GAS_MARGIN = 1.2
 MAX_SEND_ATTEMPTS = 5
+# Registrations come in bursts, and each acceptance wakes the writer. A step (SQL reads, a
+# signature, the node's round trips per transaction) runs on the loop that acknowledges
+# them: after a wake-up the writer waits until the wake-ups stop for QUIET_SECONDS (at most
+# QUIET_MAX_SECONDS), so a burst is acknowledged first and sent in one step. A block takes
+# seconds: the wait delays no confirmation by a block.
+QUIET_SECONDS = 0.02
+QUIET_MAX_SECONDS = 0.2
 
 
 class WriterPaused(Exception):
@@ -131,6 +138,8 @@ class TxWriter:
         on_settled: Callable[[str], None] | None = None,
         mine_stalled: Callable[[], Awaitable[None]] | None = None,
         stuck_after: float = 120.0,
+        quiet_seconds: float = QUIET_SECONDS,
+        quiet_max_seconds: float = QUIET_MAX_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.client = client
@@ -159,6 +168,8 @@ class TxWriter:
         # before it counts as not making progress either.
         self.waiting_since: float | None = None
         self.stuck_after = stuck_after
+        self.quiet_seconds = quiet_seconds
+        self.quiet_max_seconds = quiet_max_seconds
 
     def wake(self) -> None:
         """Tell the writer that a registration was accepted."""
@@ -210,7 +221,19 @@ class TxWriter:
                 async with asyncio.timeout(backoff):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                continue
+            await self._until_quiet()
+
+    async def _until_quiet(self) -> None:
+        """Wait until no wake-up came for quiet_seconds, or quiet_max_seconds passed."""
+        deadline = time.monotonic() + self.quiet_max_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(min(self.quiet_seconds, left)):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
 
     def _failed(self, reason: str) -> None:
         self.next_nonce = None
