@@ -329,3 +329,31 @@ def test_register_for_an_address_the_chain_names_oddly_is_403_not_404(
             await service.lookup_addr(account.jami_id)
 
     run_with_service(tmp_path, FakeNode(), scenario)
+
+
+def test_registration_check_reads_the_same_view_for_less_of_the_nodes_work(
+    tmp_path: Path,
+) -> None:
+    """Registrar.view(mostly_free=True), a registration's check: who holds each name
+    first, the records of the names held in a second batch; the same view as one full
+    read, free names, held names, names held without an address and the reverse entry."""
+
+    async def scenario(node: FakeNode, service: NameService) -> None:
+        node.direct_reserve_for(ATTACKER, "heldname", ATTACKER[2:], "ab" * 20, "pk", "sig")
+        node.direct_reserve_for(ATTACKER, "ownedonly", ATTACKER[2:], "0" * 40)
+        node.mine()
+        registrar = Registrar(node.client(), REGISTRAR)
+        for names, jami_id in [
+            (["freename"], "cd" * 20),
+            (["heldname", "freename"], "ab" * 20),
+            (["ownedonly"], "cd" * 20),
+            (["freename", "heldname", "ownedonly"], None),
+        ]:
+            assert await registrar.view(names, jami_id=jami_id, mostly_free=True) == (
+                await registrar.view(names, jami_id=jami_id)
+            )
+        node.methods.clear()
+        await registrar.view(["freename"], jami_id="cd" * 20, mostly_free=True)
+        assert node.methods == ["eth_call"] * 3  # addr, owner, the reverse entry
+
+    run_with_service(tmp_path, FakeNode(), scenario)

@@ -75,6 +75,10 @@ class ChainView:
     reverse_name: str | None
 
 
+# What the registrar holds per name, in the order of view()'s reads.
+RECORD_FIELDS = ("addr", "owner", "publickey", "signature")
+
+
 class Registrar:
     """Reads and encodes calls of one deployed registrar."""
 
@@ -97,11 +101,38 @@ class Registrar:
         return (await self.view(names, block=block)).records
 
     async def view(
-        self, names: list[str], *, jami_id: str | None = None, block: int | str = "latest"
+        self,
+        names: list[str],
+        *,
+        jami_id: str | None = None,
+        block: int | str = "latest",
+        mostly_free: bool = False,
     ) -> ChainView:
         """Records and owners of `names`, and the name of `jami_id`, in one JSON-RPC batch
-        of raw eth_calls (web3's per-call formatting costs more than the node's work)."""
-        fields = ("addr", "owner", "publickey", "signature")
+        of raw eth_calls (web3's per-call formatting costs more than the node's work).
+
+        `mostly_free`: the names are expected free (a registration's check). The batch then
+        asks only who holds each name, two calls per name instead of four, and the names
+        held are read whole in a second batch: the same view, for 60% of the node's work
+        when every name is free (the node answers a batch one call after the other)."""
+        if not mostly_free:
+            return await self._view(names, jami_id, block, RECORD_FIELDS)
+        holders = await self._view(names, jami_id, block, ("addr", "owner"))
+        held = [name for name, record in zip(names, holders.records, strict=True) if record]
+        if not held:
+            return holders
+        full = dict(zip(held, await self.records_at(held, block), strict=True))
+        records = [full.get(name) for name in names]
+        return ChainView(
+            records=records,
+            owners=[record.owner if record is not None else ZERO_ADDRESS for record in records],
+            reverse_name=holders.reverse_name,
+        )
+
+    async def _view(
+        self, names: list[str], jami_id: str | None, block: int | str, fields: tuple[str, ...]
+    ) -> ChainView:
+        """view() reading `fields` of each name (the fields not read are left empty)."""
         selectors = {field: self._selector(field) for field in fields}
         block_id = hex(block) if isinstance(block, int) else block
         calls = [
@@ -128,10 +159,11 @@ class Registrar:
             self._check_answer(result)
         records: list[ChainRecord | None] = []
         owners: list[str] = []
+        width = len(fields)
         for index, name in enumerate(names):
-            addr_word, owner_word, key_data, signature_data = results[4 * index : 4 * index + 4]
-            addr = _address_word(addr_word)
-            owners.append(_address_word(owner_word))
+            read = dict(zip(fields, results[width * index : width * (index + 1)], strict=True))
+            addr = _address_word(read["addr"])
+            owners.append(_address_word(read["owner"]))
             if addr == ZERO_ADDRESS and owners[-1] == ZERO_ADDRESS:
                 records.append(None)  # free: reserveFor would bind it
                 continue
@@ -141,8 +173,8 @@ class Registrar:
                     name=name,
                     addr=addr,
                     owner=owners[-1],
-                    publickey=_string_result(key_data),
-                    signature=_string_result(signature_data),
+                    publickey=_string_result(read.get("publickey", "")),
+                    signature=_string_result(read.get("signature", "")),
                 )
             )
         reverse_name = None

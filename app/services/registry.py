@@ -525,7 +525,7 @@ class NameService:
         """Like _check_sql, against the chain (which SQL may not have seen yet), in one
         batch of reads."""
         candidates = _chain_candidates(name, folded)
-        view = await self._registrar().view(candidates, jami_id=jami_id)
+        view = await self._registrar().view(candidates, jami_id=jami_id, mostly_free=True)
         found = next((record for record in view.records if record is not None), None)
         # Records no lookup could ask for are not stored (`_fill` refuses them), but they
         # still decide the answer: the chain refuses the registration, so never a 404
