@@ -139,10 +139,16 @@ class RegistrationsThrottled(ServiceUnavailable):
         return {"Retry-After": str(self.retry_after)}
 
 
-async def handle_jamins_error(request: Request, exc: Exception) -> JSONResponse:
-    """Render any JaminsError; registration answers also carry `"success": false`."""
-    assert isinstance(exc, JaminsError)
+def error_response(exc: JaminsError, method: str) -> JSONResponse:
+    """The answer to a request of `method` that failed with `exc`; registration answers
+    (POST) also carry `"success": false`."""
     body = exc.body()
-    if request.method == "POST":
+    if method == "POST":
         body = {"success": False, **body}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
+
+
+async def handle_jamins_error(request: Request, exc: Exception) -> JSONResponse:
+    """Render any JaminsError (the app's exception handler)."""
+    assert isinstance(exc, JaminsError)
+    return error_response(exc, request.method)

@@ -46,7 +46,7 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings, provisioned=True)
 
 
-def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
+def create_app(settings: Settings, *, provisioned: bool = False) -> HotPathApp:
     """The ASGI application for these settings; its runtime is opened by its lifespan.
 
     `provisioned`: a provisioning step already ran for these settings (`jamins serve`),
@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, provisioned: bool = False) -> FastAPI:
         serve_negative=settings.workers == 1 and settings.sqlite_path() is not None,
         prefix=settings.path_prefix or "",
         metrics=state.metrics,
+        request_timeout=settings.request_timeout,
         # Written only once configure_logging turned it on (`jamins serve`, access log on,
         # log level info or lower).
         access_log=ACCESS_LOG if settings.access_log else None,

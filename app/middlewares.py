@@ -94,15 +94,17 @@ class TimeoutMiddleware:
         except TimeoutError:
             if started:
                 raise
-            logger.warning("request timed out: %s %s", scope["method"], short_path(scope["path"]))
-            body: dict[str, object] = {"error": "request timed out"}
-            if scope["method"] == "POST":
-                # Registration answers always say whether they succeeded (PROTOCOL.md §1).
-                body = {"success": False, **body}
-            response = JSONResponse(
-                body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            )
-            await response(scope, receive, send)
+            await timed_out(scope)(scope, receive, send)
+
+
+def timed_out(scope: Scope) -> JSONResponse:
+    """The answer to a request not answered in time (logged here)."""
+    logger.warning("request timed out: %s %s", scope["method"], short_path(scope["path"]))
+    body: dict[str, object] = {"error": "request timed out"}
+    if scope["method"] == "POST":
+        # Registration answers always say whether they succeeded (PROTOCOL.md §1).
+        body = {"success": False, **body}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 class PathPrefixMiddleware:

@@ -248,9 +248,12 @@ class InProcessApp:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
+    def client(self, timeout: float = 30.0, *, stack_only: bool = False) -> httpx.Client:
+        """A client of the app; `stack_only`: of the app without its hot path (what the
+        FastAPI routes and middlewares answer, to compare with the hot path's answers)."""
+        app = self.app.stack if stack_only else self.app
         return httpx.Client(
-            transport=_LoopTransport(self), base_url="http://127.0.0.1", timeout=timeout
+            transport=_LoopTransport(self, app), base_url="http://127.0.0.1", timeout=timeout
         )
 
 
@@ -258,9 +261,9 @@ class _LoopTransport(httpx.BaseTransport):
     """A synchronous transport that runs httpx's ASGI transport on the app's own loop (the
     lifespan's engine and workers live there: another loop may not touch them)."""
 
-    def __init__(self, app: InProcessApp) -> None:
+    def __init__(self, app: InProcessApp, asgi: Any) -> None:
         self._app = app
-        self._asgi = httpx.ASGITransport(app=app.app, client=("127.0.0.1", 40000))
+        self._asgi = httpx.ASGITransport(app=asgi, client=("127.0.0.1", 40000))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         async def exchange() -> tuple[int, httpx.Headers, bytes]:

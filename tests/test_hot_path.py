@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+
+import pytest
 
 from app.api.hot_path import ADDR_ROUTE, FLUSH_EVERY, NAME_ROUTE, NOT_FOUND_BODY, HotPath
 from app.db import NameRow
+from app.errors import (
+    AddressHasName,
+    InvalidName,
+    JaminsError,
+    NameTaken,
+    ProofRejected,
+    RegistrationsThrottled,
+    error_response,
+)
 from app.logs import request_id
 from app.metrics import Metrics
 from app.services.registry import NameService
@@ -72,13 +84,18 @@ def call(
     method: str = "GET",
     headers: list[tuple[bytes, bytes]] | None = None,
     query: bytes = b"",
+    body: list[bytes] | None = None,
 ) -> tuple[int, dict[bytes, bytes], bytes, list[str]]:
-    """(status, headers, body, request id current at each send) of one request."""
+    """(status, headers, body, request id current at each send) of one request; `body`
+    is the request body's chunks (the client leaves after the last one, if asked again)."""
     sent: list[dict[str, Any]] = []
     ids: list[str] = []
+    chunks = list(body or [b""])
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if not chunks:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
 
     async def send(message: dict[str, Any]) -> None:
         ids.append(request_id.get())  # what uvicorn's access line would carry
@@ -91,13 +108,20 @@ def call(
         "raw_path": path.encode(),
         "query_string": query,
         "headers": headers or [],
+        "client": ("192.0.2.7", 40000),
     }
     asyncio.run(hot_path(scope, receive, send))  # type: ignore[arg-type]
+    if not sent:
+        return 0, {}, b"", ids
     return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"], ids
 
 
 def make_hot_path(
-    service: NameService | None, *, serve_negative: bool = True, prefix: str = ""
+    service: NameService | None,
+    *,
+    serve_negative: bool = True,
+    prefix: str = "",
+    request_timeout: float = 30.0,
 ) -> tuple[HotPath, Inner, Metrics]:
     inner = Inner()
     metrics = Metrics(lambda: None)
@@ -107,6 +131,7 @@ def make_hot_path(
         serve_negative=serve_negative,
         prefix=prefix,
         metrics=metrics,
+        request_timeout=request_timeout,
     )
     return hot_path, inner, metrics
 
@@ -194,9 +219,11 @@ def test_anything_else_goes_to_the_stack() -> None:
     assert call(hot_path, "/name/bob")[0] == 599  # not cached
     assert call(hot_path, "/name/a%2Fb")[0] == 599  # not a name
     assert call(hot_path, "/name/alice/owner")[0] == 599
-    assert call(hot_path, "/name/alice", method="POST")[0] == 599
     assert call(hot_path, "/name/alice", query=b"x" * 20_000)[0] == 599  # the stack's 400
-    assert len(inner.paths) == 5
+    assert call(hot_path, "/registrations/alice", method="POST")[0] == 599
+    assert call(hot_path, "/name/alice", method="PUT")[0] == 599
+    assert call(hot_path, "/name/alice", method="POST", query=b"x" * 20_000)[0] == 599
+    assert len(inner.paths) == 7
 
 
 def test_before_the_service_starts_everything_goes_to_the_stack() -> None:
@@ -279,3 +306,173 @@ def test_id_sql_cannot_decide_goes_to_the_stack() -> None:
     assert call(hot_path, "/addr/" + "e" * 40)[0] == 599  # nothing in SQL: the chain's
     assert call(hot_path, "/addr/" + "0" * 40)[0] == 599
     assert len(inner.paths) == 4
+
+
+# -- registrations: POST /name/NAME ----------------------------------------------------------
+
+REGISTRATION = {"addr": "0x" + "ab" * 20, "publickey": "cGs=", "signature": "c2ln"}
+
+
+class Registrations:
+    """Stands in for NameService.register: records each call and the request id current
+    during it, or raises `refuse`, or takes `delay` seconds."""
+
+    def __init__(self, service: NameService) -> None:
+        self.calls: list[tuple[str, dict[str, Any], str | None, str]] = []
+        self.refuse: BaseException | None = None
+        self.delay = 0.0
+        service.register = self  # type: ignore[method-assign]
+
+    async def __call__(self, name: str, request: Any, *, client: str | None = None) -> None:
+        self.calls.append((name, request.model_dump(exclude_none=True), client, request_id.get()))
+        await asyncio.sleep(self.delay)
+        if self.refuse is not None:
+            raise self.refuse
+
+
+def post(hot_path: HotPath, path: str, body: bytes | list[bytes], **options: Any) -> Any:
+    chunks = body if isinstance(body, list) else [body]
+    return call(hot_path, path, method="POST", body=chunks, **options)
+
+
+def stack_answer(exc: JaminsError) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """What the stack's error handler renders for `exc` on a registration."""
+    response = error_response(exc, "POST")
+    return response.status_code, bytes(response.body), dict(response.raw_headers)
+
+
+def test_registration_is_answered_by_the_hot_path() -> None:
+    """The route's work, without FastAPI's routing, dependencies and the middleware stack
+    (most of a registration's time on the loop before): same answer, id, count, log."""
+    service = make_service()
+    registrations = Registrations(service)
+    hot_path, inner, metrics = make_hot_path(service)
+    status, headers, body, ids = post(hot_path, "/name/Alice", json.dumps(REGISTRATION).encode())
+    assert (status, body) == (200, b'{"success":true}')
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == b"16"
+    assert registrations.calls == [("Alice", REGISTRATION, "192.0.2.7", ids[0])]
+    assert ids[0] == headers[b"x-request-id"].decode()
+    assert inner.paths == []
+    assert count(hot_path, metrics, NAME_ROUTE, "POST", "200") == 1
+
+
+def test_registration_body_in_chunks_and_percent_encoded_name() -> None:
+    service = make_service()
+    registrations = Registrations(service)
+    hot_path, _, _ = make_hot_path(service, prefix="/ns")
+    raw = json.dumps(REGISTRATION).encode()
+    status, _, _, _ = post(hot_path, "/ns/name/%C3%A9lodie", [raw[:10], raw[10:50], raw[50:]])
+    assert status == 200
+    assert registrations.calls[0][:2] == ("\u00e9lodie", REGISTRATION)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [
+        pytest.param(NameTaken(), 409, id="taken"),
+        pytest.param(AddressHasName(name="bob", addr="ab" * 20), 403, id="id-has-a-name"),
+        pytest.param(ProofRejected("signature does not match"), 401, id="proof"),
+        pytest.param(RegistrationsThrottled("slow down", retry_after=7), 503, id="throttled"),
+        pytest.param(InvalidName(), 400, id="invalid-name"),
+    ],
+)
+def test_refused_registration_is_answered_as_the_stack_renders_it(
+    refusal: JaminsError, status: int
+) -> None:
+    service = make_service()
+    Registrations(service).refuse = refusal
+    hot_path, _, metrics = make_hot_path(service)
+    got, headers, body, _ = post(hot_path, "/name/alice", json.dumps(REGISTRATION).encode())
+    expected_status, expected_body, expected_headers = stack_answer(refusal)
+    assert (got, body) == (expected_status, expected_body) == (status, expected_body)
+    assert json.loads(body)["success"] is False
+    for name, value in expected_headers.items():  # Retry-After too
+        assert headers[name] == value
+    assert count(hot_path, metrics, NAME_ROUTE, "POST", str(status)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "error"),
+    [
+        pytest.param([b"not json"], [], "body is not valid JSON", id="not-json"),
+        pytest.param([b""], [], "body is not valid JSON", id="empty"),
+        pytest.param([b'{"addr": 12}'], [], None, id="addr-number"),
+        pytest.param(
+            [b"{}"], [(b"content-length", b"20000")], "request body too large", id="declared"
+        ),
+        pytest.param(
+            [b"{}"], [(b"content-length", b"-1")], "request body too large", id="declared-bad"
+        ),
+        pytest.param([b"x" * 10_000] * 2, [], "request body too large", id="sent"),
+    ],
+)
+def test_malformed_registration_is_400_and_never_registered(
+    body: list[bytes], headers: list[tuple[bytes, bytes]], error: str | None
+) -> None:
+    service = make_service()
+    registrations = Registrations(service)
+    hot_path, _, _ = make_hot_path(service)
+    status, _, answer, _ = post(hot_path, "/name/alice", body, headers=headers)
+    assert status == 400
+    assert json.loads(answer)["success"] is False
+    if error is not None:
+        assert json.loads(answer)["error"] == error
+    assert registrations.calls == []
+
+
+def test_undecodable_name_is_400_before_the_body_is_read() -> None:
+    service = make_service()
+    registrations = Registrations(service)
+    hot_path, _, _ = make_hot_path(service)
+    status, _, body, _ = post(hot_path, "/name/%FFabc", b"not even json")
+    assert (status, body) == stack_answer(InvalidName())[:2]
+    assert registrations.calls == []
+
+
+def test_registration_past_the_request_timeout_is_503() -> None:
+    service = make_service()
+    registrations = Registrations(service)
+    registrations.delay = 5.0
+    hot_path, _, metrics = make_hot_path(service, request_timeout=0.05)
+    status, headers, body, _ = post(hot_path, "/name/alice", json.dumps(REGISTRATION).encode())
+    assert (status, json.loads(body)) == (
+        503,
+        {"success": False, "error": "request timed out"},
+    )
+    assert headers[b"retry-after"]
+    assert count(hot_path, metrics, NAME_ROUTE, "POST", "503") == 1
+
+
+def test_client_gone_before_its_body_ends_registers_nothing() -> None:
+    service = make_service()
+    registrations = Registrations(service)
+    hot_path, _, _ = make_hot_path(service)
+
+    async def run() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": b'{"addr"', "more_body": True}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/name/a", "raw_path": b"/name/a"}
+        await hot_path(scope, receive, send)  # type: ignore[arg-type]
+        return sent
+
+    assert asyncio.run(run()) == []
+    assert registrations.calls == []
+
+
+def test_unexpected_failure_is_a_500_and_raised() -> None:
+    """As Starlette's ServerErrorMiddleware does: a plain 500 to the client, the exception
+    to uvicorn, which logs its traceback."""
+    service = make_service()
+    Registrations(service).refuse = RuntimeError("a bug")
+    hot_path, _, metrics = make_hot_path(service)
+    with pytest.raises(RuntimeError, match="a bug"):
+        post(hot_path, "/name/alice", json.dumps(REGISTRATION).encode())
+    assert count(hot_path, metrics, NAME_ROUTE, "POST", "500") == 1

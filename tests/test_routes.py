@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from app.api import ops, routes
 from tests.conftest import unique_name
 from tests.jami_keys import JamiAccount, account_pool
+from tests.server import InProcessApp
 
 JSON = "application/json"
 
@@ -162,6 +163,82 @@ def test_register_invalid_name_is_400(
     )
     assert answer.status_code == 400
     assert answer.json() == {"success": False, "error": "invalid name"}
+
+
+# -- the hot path answers registrations as the route would --------------------------------
+
+
+def _post_to_both(
+    app_in_process: InProcessApp, path: str, content: bytes
+) -> tuple[httpx.Response, httpx.Response]:
+    """The same POST through the whole app (app.api.hot_path answers it) and through the
+    app without its hot path (the FastAPI route and the middleware stack)."""
+    answers = []
+    for stack_only in (False, True):
+        with app_in_process.client(stack_only=stack_only) as client:
+            answers.append(client.post(path, content=content, headers={"Content-Type": JSON}))
+    return answers[0], answers[1]
+
+
+def _assert_same_answer(hot: httpx.Response, stack: httpx.Response) -> None:
+    assert (hot.status_code, hot.content) == (stack.status_code, stack.content)
+    assert [item for item in hot.headers.multi_items() if item[0] != "x-request-id"] == [
+        item for item in stack.headers.multi_items() if item[0] != "x-request-id"
+    ]
+    assert hot.headers["x-request-id"] and stack.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("mutate", "error"), MALFORMED_BODIES)
+def test_refused_registration_answer_is_the_routes_byte_for_byte(
+    app_in_process: InProcessApp, account: JamiAccount, mutate: Any, error: str | None
+) -> None:
+    name = unique_name("same")
+    body = mutate(account.registration_body(name))
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    _assert_same_answer(*_post_to_both(app_in_process, f"/name/{name}", content))
+
+
+@pytest.mark.parametrize(
+    ("path", "make_body"),
+    [
+        pytest.param("/name/ab", lambda account: account.registration_body("ab"), id="short"),
+        pytest.param("/name/%FFabc", lambda account: {}, id="bad-utf8"),
+        pytest.param("/name/a%2Fbc", lambda account: {}, id="encoded-slash"),
+        pytest.param("/name/", lambda account: {}, id="empty"),
+        pytest.param(
+            "/name/replayed",
+            lambda account: account.registration_body("original"),
+            id="replayed-signature",
+        ),
+    ],
+)
+def test_refused_name_or_proof_answer_is_the_routes_byte_for_byte(
+    app_in_process: InProcessApp,
+    account: JamiAccount,
+    path: str,
+    make_body: Callable[[JamiAccount], dict[str, str]],
+) -> None:
+    content = json.dumps(make_body(account)).encode()
+    _assert_same_answer(*_post_to_both(app_in_process, path, content))
+
+
+def test_accepted_and_taken_answers_are_the_routes_byte_for_byte(
+    app_in_process: InProcessApp,
+) -> None:
+    first, second = account_pool(4)[2:4]
+    name = unique_name("same")
+    # Accepted by the hot path, then the same registration through the route: both 200.
+    hot, stack = _post_to_both(
+        app_in_process, f"/name/{name}", json.dumps(first.registration_body(name)).encode()
+    )
+    assert hot.status_code == 200
+    _assert_same_answer(hot, stack)
+    # Another ID asks for the same name: 409 both ways.
+    hot, stack = _post_to_both(
+        app_in_process, f"/name/{name}", json.dumps(second.registration_body(name)).encode()
+    )
+    assert hot.status_code == 409
+    _assert_same_answer(hot, stack)
 
 
 # -- hostile keys and signatures (test_proofs.py has the full table of keys) --------------

@@ -18,22 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import names
-from app.errors import JaminsError
+from app.api.routes import accept_registration
+from app.errors import InvalidName, JaminsError, error_response
 from app.logs import AccessLog, given_or_new_request_id, request_id
-from app.middlewares import MAX_PATH_BYTES
+from app.middlewares import MAX_PATH_BYTES, timed_out
 from app.services.registry import KNOWN_FREE, NameService
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
 
 NOT_FOUND_BODY = b'{"error":"name not registered"}'
+# What FastAPI renders for the route's RegisterAnswer, and Starlette's ServerErrorMiddleware
+# for an unexpected exception.
+REGISTERED = JSONResponse({"success": True})
+REGISTRATION_FAILED = PlainTextResponse("Internal Server Error", status_code=500)
 NAME_ROUTE = "/name/{name:path}"
 ADDR_ROUTE = "/addr/{addr:path}"
 _JSON = (b"content-type", b"application/json")
@@ -80,6 +87,7 @@ class HotPath:
         access_log: AccessLog | None = None,
         max_path_bytes: int = MAX_PATH_BYTES,
         read_timeout: float = 5.0,
+        request_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.access_log = access_log
@@ -91,6 +99,9 @@ class HotPath:
         # A read of SQL over the network gives up after this long (the stack then
         # answers, within its own request timeout).
         self.read_timeout = read_timeout
+        # A registration not answered within this long is answered 503 (as the stack's
+        # TimeoutMiddleware does for the requests it serves).
+        self.request_timeout = request_timeout
         # (route, method, status) -> (count child, latency child): labels() looks its
         # child up under a lock, once per request otherwise.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -114,6 +125,12 @@ class HotPath:
                     if answer is not None:
                         await self._send(scope, send, method, started, *answer)
                         return
+            elif method == "POST":
+                service = self.service()
+                raw = self._api_path(scope)
+                if service is not None and raw is not None and raw.startswith(b"/name/"):
+                    await self._register(service, scope, receive, send, raw[6:])
+                    return
         if self._uncounted:
             self.count_answers()
         if self.access_log is not None and scope["type"] == "http":
@@ -135,12 +152,9 @@ class HotPath:
         self, service: NameService, scope: Scope
     ) -> tuple[str, int, bytes] | tuple[str, str] | None:
         """The answer from memory; or (route, key) to read from SQL; or None."""
-        raw: bytes = scope.get("raw_path") or scope["path"].encode()
-        if len(raw) + len(scope.get("query_string", b"")) > self.max_path_bytes:
-            return None  # the stack refuses it (400)
-        prefix = self.prefix
-        if prefix and raw.startswith(prefix) and raw[len(prefix) : len(prefix) + 1] == b"/":
-            raw = raw[len(prefix) :]
+        raw = self._api_path(scope)
+        if raw is None:
+            return None
         if raw.startswith(b"/name/"):
             answers = service.answers
             folded = answers.fold(raw[6:], _fold)
@@ -165,6 +179,16 @@ class HotPath:
                 return ADDR_ROUTE, 200, body
             return ADDR_ROUTE, jami_id
         return None
+
+    def _api_path(self, scope: Scope) -> bytes | None:
+        """The raw path without the API's prefix; None when the stack must refuse it."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        if len(raw) + len(scope.get("query_string", b"")) > self.max_path_bytes:
+            return None  # the stack refuses it (400)
+        prefix = self.prefix
+        if prefix and raw.startswith(prefix) and raw[len(prefix) : len(prefix) + 1] == b"/":
+            raw = raw[len(prefix) :]
+        return raw
 
     async def _stored(
         self, service: NameService, route: str, key: str
@@ -218,11 +242,83 @@ class HotPath:
             await send({"type": "http.response.body", "body": body if method == "GET" else b""})
         finally:
             request_id.reset(token)
-            if self.metrics is not None:
-                ended = time.perf_counter()
-                self._uncounted.append((route, method, status, ended - started))
-                if len(self._uncounted) >= FLUSH_EVERY or ended - self._counted_at > FLUSH_SECONDS:
-                    self.count_answers()
+            self._count(route, method, status, started)
+
+    def _count(self, route: str, method: str, status: int, started: float) -> None:
+        """Counts an answer in the metrics (in batches: see _uncounted)."""
+        if self.metrics is not None:
+            ended = time.perf_counter()
+            self._uncounted.append((route, method, status, ended - started))
+            if len(self._uncounted) >= FLUSH_EVERY or ended - self._counted_at > FLUSH_SECONDS:
+                self.count_answers()
+
+    async def _register(
+        self, service: NameService, scope: Scope, receive: Receive, send: Send, segment: bytes
+    ) -> None:
+        """POST /name/NAME, answered as the route (app.api.routes.post_name) and the
+        stack's middlewares would: the same work (accept_registration), error rendering,
+        request timeout, request id, count and access line, without FastAPI's routing,
+        dependencies and middleware layers, which cost a registration more of the loop
+        than its own checks (BENCHMARKS.md, section 2)."""
+        started = time.perf_counter()
+        current = given_or_new_request_id(scope.get("headers") or [])
+        token = request_id.set(current)
+        status = 500
+        try:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    response = await self._registration(service, scope, receive, segment)
+            except TimeoutError:
+                response = timed_out(scope)
+            except ClientDisconnect:
+                return  # nothing to answer, nothing registered
+            except Exception:
+                # As Starlette's ServerErrorMiddleware: a plain 500, the exception to
+                # uvicorn (which logs it).
+                await self._respond(scope, send, current, REGISTRATION_FAILED)
+                raise
+            status = response.status_code
+            await self._respond(scope, send, current, response)
+        finally:
+            request_id.reset(token)
+            self._count(NAME_ROUTE, "POST", status, started)
+
+    async def _registration(
+        self, service: NameService, scope: Scope, receive: Receive, segment: bytes
+    ) -> Response:
+        try:
+            name = names.decode_path_segment(segment.split(b"?", 1)[0])
+        except names.BadName:
+            return error_response(InvalidName(), "POST")
+        declared = None
+        for header, value in scope.get("headers") or ():
+            if header == b"content-length":
+                declared = value.decode("latin-1")
+                break
+        client = scope.get("client")
+        try:
+            await accept_registration(
+                service,
+                name,
+                declared_length=declared,
+                chunks=_body(receive),
+                client=client[0] if client else None,
+            )
+        except JaminsError as exc:
+            return error_response(exc, "POST")
+        return REGISTERED
+
+    async def _respond(self, scope: Scope, send: Send, current: str, response: Response) -> None:
+        if self.access_log is not None:
+            _log_access(self.access_log, scope, response.status_code)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [*response.raw_headers, (b"x-request-id", current.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
 
     def count_answers(self) -> None:
         """Put the answers given since the last call into the request metrics."""
@@ -241,6 +337,19 @@ class HotPath:
                 self._children[key] = children
             children[0].inc()
             children[1].observe(seconds)
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks, as Starlette's Request.stream() gives them."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 class HotPathApp(FastAPI):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -143,15 +144,34 @@ async def post_name(
     service: ServiceDep,
     raw_name: Annotated[str, Depends(lookup_name_param)],
 ) -> RegisterAnswer:
-    body = await _read_body(request)
+    # app.api.hot_path answers registrations itself, through accept_registration too:
+    # this runs only for what it hands on (the service not started yet).
+    await accept_registration(
+        service,
+        raw_name,
+        declared_length=request.headers.get("content-length"),
+        chunks=request.stream(),
+        client=request.client.host if request.client else None,
+    )
+    return RegisterAnswer()
+
+
+async def accept_registration(
+    service: NameService,
+    raw_name: str,
+    *,
+    declared_length: str | None,
+    chunks: AsyncIterator[bytes],
+    client: str | None,
+) -> None:
+    """The work of POST /name/NAME once the name is decoded: read the body (`chunks`,
+    `declared_length` its Content-Length), parse it and register; raises what to answer."""
+    body = await _read_body(declared_length, chunks)
     try:
         registration = RegistrationRequest.model_validate_json(body)
     except ValidationError as exc:
         raise BadRequest(_first_problem(exc)) from exc
-    await service.register(
-        raw_name, registration, client=request.client.host if request.client else None
-    )
-    return RegisterAnswer()
+    await service.register(raw_name, registration, client=client)
 
 
 @router.get(
@@ -180,20 +200,19 @@ async def get_registration(
     return await service.registration_status(raw_name)
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(declared: str | None, chunks: AsyncIterator[bytes]) -> bytes:
     """The request body, refused (400, never 413: clients read 413 as "taken") past
     MAX_BODY_BYTES."""
-    declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise BadRequest("request body too large")
-    chunks: list[bytes] = []
+    body: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise BadRequest("request body too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body.append(chunk)
+    return b"".join(body)
 
 
 def _first_problem(exc: ValidationError) -> str:
