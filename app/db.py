@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,10 +20,10 @@ from sqlalchemy import (
     ARRAY,
     Engine,
     String,
+    TextClause,
     any_,
     create_engine,
     event,
-    func,
     literal,
     select,
     text,
@@ -35,7 +37,7 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 from app.errors import DatabaseUnavailable
-from app.models import PENDING, Meta, NameRecord, Registration
+from app.models import PENDING, Meta, NameRecord
 from app.senders import Senders
 from app.settings import Settings
 
@@ -206,12 +208,29 @@ class Claims(NamedTuple):
 
 
 class _Query(NamedTuple):
-    """One read: its SQL for SQLite's loop connection, and what builds its Core statement
-    for the engine (only when the read goes there: building it costs more than the read)."""
+    """One read: its SQL, with `?` for each of `parameters`, run as it is on SQLite's loop
+    connection and as a textual statement through the engine (PostgreSQL, or SQLite
+    busy); or, when `statement` is given, what builds the Core statement the engine runs
+    instead. A Core statement is built, and its cache key computed, at every read: for a
+    registration's check on PostgreSQL, that cost more of the loop than the read."""
 
     sql: str
     parameters: tuple[str, ...]
-    statement: Callable[[], Any]
+    statement: Callable[[], Any] | None = None
+
+    def for_engine(self) -> tuple[Any, dict[str, str]]:
+        if self.statement is not None:
+            return self.statement(), {}
+        return _textual(self.sql), {
+            f"p{index}": value for index, value in enumerate(self.parameters)
+        }
+
+
+@functools.lru_cache(maxsize=64)
+def _textual(sql: str) -> TextClause:
+    """`sql` with its `?` placeholders named (p0, p1, ...), as a statement for the engine."""
+    counter = itertools.count()
+    return text(re.sub(r"\?", lambda _match: f":p{next(counter)}", sql))
 
 
 def _pointing_at(jami_id: str, limit: int) -> _Query:
@@ -219,12 +238,6 @@ def _pointing_at(jami_id: str, limit: int) -> _Query:
         f"SELECT {_SQL_COLUMNS} FROM names WHERE addr = ?"
         f" ORDER BY {_POINTING_ORDER} LIMIT {int(limit)}",
         (jami_id,),
-        lambda: (
-            select(*_COLUMNS)
-            .where(NameRecord.addr == jami_id)
-            .order_by(NameRecord.pending.desc(), NameRecord.name)
-            .limit(limit)
-        ),
     )
 
 
@@ -312,10 +325,9 @@ class LookupReader:
             return None
 
     async def _rows(
-        self, sql: str, parameters: tuple[str, ...], statement: Callable[[], Any]
+        self, sql: str, parameters: tuple[str, ...], statement: Callable[[], Any] | None = None
     ) -> list[Any]:
-        """`sql` on SQLite's loop connection, else (PostgreSQL, or SQLite busy) the Core
-        `statement` through the engine."""
+        """The rows of one _Query."""
         return (await self._queries(_Query(sql, parameters, statement)))[0]
 
     async def _queries(self, *queries: _Query) -> list[list[Any]]:
@@ -336,7 +348,7 @@ class LookupReader:
 
     async def _read(self, queries: tuple[_Query, ...]) -> list[list[Any]]:
         async with self._reads().connect() as connection:
-            return [list(await connection.execute(query.statement())) for query in queries]
+            return [list(await connection.execute(*query.for_engine())) for query in queries]
 
     async def name(self, folded: str) -> NameRow | None:
         """The row whose fold is `folded`.
@@ -347,9 +359,7 @@ class LookupReader:
         if self._names is not None:
             return await self._names.get(folded)
         rows = await self._rows(
-            f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ?",
-            (folded,),
-            lambda: select(*_COLUMNS).where(NameRecord.folded_name == folded).limit(1),
+            f"SELECT {_SQL_COLUMNS} FROM names WHERE folded_name = ? LIMIT 1", (folded,)
         )
         return _name_row(rows[0]) if rows else None
 
@@ -379,25 +389,6 @@ class LookupReader:
                 " (SELECT name FROM names WHERE skeleton = ? AND folded_name != ? LIMIT 1),"
                 " (SELECT count(*) FROM registrations WHERE state = ?)",
                 (folded, folded, jami_id, skeleton, folded, PENDING),
-                lambda: select(
-                    select(NameRecord.addr)
-                    .where(NameRecord.folded_name == folded)
-                    .scalar_subquery(),
-                    select(Registration.addr)
-                    .where(Registration.claim_name == folded)
-                    .scalar_subquery(),
-                    select(Registration.name)
-                    .where(Registration.claim_addr == jami_id)
-                    .scalar_subquery(),
-                    select(NameRecord.name)
-                    .where(NameRecord.skeleton == skeleton, NameRecord.folded_name != folded)
-                    .limit(1)
-                    .scalar_subquery(),
-                    select(func.count())
-                    .select_from(Registration)
-                    .where(Registration.state == PENDING)
-                    .scalar_subquery(),
-                ),
             ),
             _pointing_at(jami_id, limit),
         )
