@@ -290,6 +290,11 @@ class LookupReader:
                 pool_pre_ping=False,
                 pool_timeout=READ_POOL_TIMEOUT,
                 connect_args={"connect_timeout": self.connect_timeout},
+                # Each statement its own transaction, as a read needs: psycopg otherwise
+                # sends a BEGIN before it and the pool a ROLLBACK after, two more round
+                # trips per read. (Read committed either way: each statement of a read
+                # sees the rows committed when it starts.)
+                isolation_level="AUTOCOMMIT",
             )
         return self._read_engine
 
