@@ -65,6 +65,15 @@ def lookups(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _first_burst(document: dict[str, Any]) -> str:
+    first = document.get("first_burst_ack_ms")
+    if first is None:  # measured before the script sent a first burst
+        return ""
+    return (
+        f" The first burst after the start: p50 {first['p50']:.0f} ms, p99 {first['p99']:.0f} ms."
+    )
+
+
 def registrations(document: dict[str, Any]) -> str:
     if "blocks" not in document:  # --ack-only
         return "\n".join(
@@ -74,7 +83,8 @@ def registrations(document: dict[str, Any]) -> str:
                 f"{document['registrations']} registrations ({document['body_bytes']}-byte "
                 f"bodies) on {document['database']}, acknowledged: p50 "
                 f"{document['ack_ms']['p50']:.0f} ms, p99 {document['ack_ms']['p99']:.0f} ms "
-                f"(all within {document['all_acknowledged_seconds']:.2f} s).",
+                f"(all within {document['all_acknowledged_seconds']:.2f} s)."
+                + _first_burst(document),
             ]
         )
     lines = [
@@ -83,7 +93,8 @@ def registrations(document: dict[str, Any]) -> str:
         f"{document['registrations']} registrations ({document['body_bytes']}-byte bodies), "
         f"acknowledged: p50 {document['ack_ms']['p50']:.0f} ms, p99 {document['ack_ms']['p99']:.0f}"
         f" ms (all within {document['all_acknowledged_seconds']:.2f} s); drained in "
-        f"{document['drain_seconds']:.1f} s, {len(document['failed'])} failed.",
+        f"{document['drain_seconds']:.1f} s, {len(document['failed'])} failed."
+        + _first_burst(document),
         "",
         "| block | registrations | gas used | gas used / limit |",
         "|---:|---:|---:|---:|",
