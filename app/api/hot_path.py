@@ -4,13 +4,16 @@
 (app/services/answers.py) get its bytes straight away, and, when this process is the only
 one writing its database, a name the chain was just found not to hold (the negative cache,
 which is what an availability check asks at every keystroke) gets its 404. A name SQL
-holds is answered from one point read (app.db.LookupReader). Anything else, or anything
-this cannot decide, goes on to the application unchanged.
+holds is answered from one point read (app.db.LookupReader). A registration (`POST
+/name/{name}`) is answered here too, through the route's own function
+(app.api.routes.accept_registration). Anything else, or anything this cannot decide, goes
+on to the application unchanged.
 
 It is the outermost ASGI app (app.main wraps the whole middleware stack in it), so it does
 itself, cheaply, what an operator relies on from the stack for the requests it answers: the
-path prefix, the path bound, HEAD, the request id (X-Request-ID, and on the access line)
-and the per-route request count and latency. It writes the access line of every answer,
+path prefix, the path bound, HEAD, the request id (X-Request-ID, and on the access line),
+the per-route request count and latency, and for registrations the request timeout and the
+error rendering. It writes the access line of every answer,
 its own and the stack's (app.logs.AccessLog: uvicorn's own access log is off).
 """
 

@@ -145,7 +145,8 @@ async def post_name(
     raw_name: Annotated[str, Depends(lookup_name_param)],
 ) -> RegisterAnswer:
     # app.api.hot_path answers registrations itself, through accept_registration too:
-    # this runs only for what it hands on (the service not started yet).
+    # this runs for the paths it hands on, whose raw form does not start with /name/ (an
+    # encoded slash: `/name%2Fabc` routes here and is refused as a name).
     await accept_registration(
         service,
         raw_name,

@@ -112,9 +112,10 @@ class Registrar:
         of raw eth_calls (web3's per-call formatting costs more than the node's work).
 
         `mostly_free`: the names are expected free (a registration's check). The batch then
-        asks only who holds each name, two calls per name instead of four, and the names
-        held are read whole in a second batch: the same view, for 60% of the node's work
-        when every name is free (the node answers a batch one call after the other)."""
+        asks only who holds each name, two calls per name instead of four, and the records
+        of the names held are read whole in a second batch (each record, owner included,
+        from that one read). A free name costs three calls of five (its addr and owner, the
+        reverse entry), and the node answers a batch one call after the other."""
         if not mostly_free:
             return await self._view(names, jami_id, block, RECORD_FIELDS)
         holders = await self._view(names, jami_id, block, ("addr", "owner"))
