@@ -299,6 +299,27 @@ def test_id_a_pending_registration_in_sql_proves_is_answered_and_not_kept() -> N
     assert inner.paths == []
 
 
+def test_id_whose_row_is_its_own_forward_record_is_answered_from_one_read() -> None:
+    """The row pointing at the ID is the very row its name's lookup reads (one row per
+    fold): /addr asks SQL once, as /name does, not a second time for the same row."""
+    service = make_service(serve_pending=True)
+    hot_path, _, _ = make_hot_path(service)
+    assert call(hot_path, "/addr/" + "d" * 40)[:3:2] == (200, b'{"name":"dan"}')
+    assert service.reader.reads == []  # type: ignore[attr-defined]
+
+
+def test_id_whose_row_folds_elsewhere_is_checked_against_the_forward_record() -> None:
+    """A row stored under another fold (an older fold rule) is no answer by itself: the
+    lookup of its name must give the ID back."""
+    service = make_service(serve_pending=True)
+    reader: FakeReader = service.reader  # type: ignore[assignment]
+    reader.rows["dan-old"] = reader.rows.pop("dan")._replace(folded_name="dan-old")
+    hot_path, inner, _ = make_hot_path(service)
+    assert call(hot_path, "/addr/" + "d" * 40)[0] == 599  # no row under "dan": the stack's
+    assert reader.reads == ["dan"]
+    assert inner.paths == ["/addr/" + "d" * 40]
+
+
 def test_id_sql_cannot_decide_goes_to_the_stack() -> None:
     hot_path, inner, _ = make_hot_path(make_service())
     assert call(hot_path, "/addr/" + "d" * 40)[0] == 599  # pending, not served here

@@ -303,7 +303,9 @@ class NameService:
                 folded = names.check_lookup_name(record.name)
             except names.BadName:
                 continue  # as _forward_gives: a name no lookup gives is no answer
-            forward = await self.reader.name(folded)
+            # One row per fold: a row stored under its name's fold is the row that
+            # name's lookup reads, so it is asked for only when stored under another.
+            forward = record if record.folded_name == folded else await self.reader.name(folded)
             if forward is None or (forward.pending and not self.serve_pending):
                 return None
             if forward.addr != jami_id or forward.name != record.name:
