@@ -269,6 +269,11 @@ class GatedReads:
         return {key: NameRow(key, key, JAMI_ID, OWNER, None, None, False) for key in keys}
 
 
+# The reads at the adapter boundary below run with two on their way at once, the case
+# where reads overlap (the server's NAME_READS_IN_FLIGHT may be fewer).
+IN_FLIGHT = 2
+
+
 async def two_on_their_way(
     reads: GatedReads, coalesced: CoalescedReads[NameRow]
 ) -> list[asyncio.Task[NameRow | None]]:
@@ -284,7 +289,7 @@ async def two_on_their_way(
 def test_coalesced_reads_asked_meanwhile_share_the_next_read() -> None:
     async def main() -> None:
         reads = GatedReads()
-        coalesced = CoalescedReads(reads.read)
+        coalesced = CoalescedReads(reads.read, in_flight=IN_FLIGHT)
         first = await two_on_their_way(reads, coalesced)
         later = [asyncio.create_task(coalesced.get(key)) for key in ("c", "d", "c")]
         gone = asyncio.create_task(coalesced.get("e"))
@@ -305,7 +310,7 @@ def test_coalesced_read_asked_as_the_last_senders_finish_is_sent() -> None:
 
     async def main() -> None:
         reads = GatedReads()
-        coalesced = CoalescedReads(reads.read)
+        coalesced = CoalescedReads(reads.read, in_flight=IN_FLIGHT)
 
         async def again() -> list[NameRow | None]:
             return [await coalesced.get("a"), await coalesced.get("a2")]
@@ -314,7 +319,7 @@ def test_coalesced_read_asked_as_the_last_senders_finish_is_sent() -> None:
         while not reads.reads:
             await asyncio.sleep(0)
         other = asyncio.create_task(coalesced.get("b"))
-        while len(reads.reads) < NAME_READS_IN_FLIGHT:
+        while len(reads.reads) < IN_FLIGHT:
             await asyncio.sleep(0)
         reads.gate.set()
         async with asyncio.timeout(2):
@@ -329,7 +334,7 @@ def test_coalesced_read_that_fails_fails_each_caller_with_503() -> None:
     async def main() -> None:
         reads = GatedReads()
         reads.error = OSError("connection refused")
-        coalesced = CoalescedReads(reads.read)
+        coalesced = CoalescedReads(reads.read, in_flight=IN_FLIGHT)
         first = await two_on_their_way(reads, coalesced)
         later = [asyncio.create_task(coalesced.get(key)) for key in ("c", "d")]
         reads.gate.set()
