@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 from app.errors import DatabaseUnavailable
-from app.models import PENDING, Meta, NameRecord
+from app.models import PENDING, Meta
 from app.senders import Senders
 from app.settings import Settings
 
@@ -179,15 +179,7 @@ class NameRow(NamedTuple):
     pending: bool
 
 
-_COLUMNS = (
-    NameRecord.name,
-    NameRecord.folded_name,
-    NameRecord.addr,
-    NameRecord.owner,
-    NameRecord.publickey,
-    NameRecord.signature,
-    NameRecord.pending,
-)
+# The columns of NameRow, in its order.
 _SQL_COLUMNS = "name, folded_name, addr, owner, publickey, signature, pending"
 
 
@@ -209,9 +201,10 @@ class Claims(NamedTuple):
 class _Query(NamedTuple):
     """One read: its SQL, with `?` for each of `parameters`, run as it is on SQLite's loop
     connection and as a textual statement through the engine (PostgreSQL, or SQLite
-    busy); or, when `statement` is given, what builds the Core statement the engine runs
-    instead. A Core statement is built, and its cache key computed, at every read: for a
-    registration's check on PostgreSQL, that cost more of the loop than the read."""
+    busy); or, when `statement` is given, what gives the statement the engine runs instead
+    (the coalesced reads' array statements, PostgreSQL only). Those are textual too: a Core
+    statement is built, and its cache key computed, at every read, which for a
+    registration's check on PostgreSQL cost more of the loop than the read."""
 
     sql: str
     parameters: tuple[str, ...]
