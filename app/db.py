@@ -248,7 +248,7 @@ _POINTING_AT_ANY = text(
     "SELECT found.* FROM unnest(CAST(:ids AS VARCHAR[])) AS asked(addr)"
     f" CROSS JOIN LATERAL (SELECT {_SQL_COLUMNS} FROM names WHERE names.addr = asked.addr"
     f" ORDER BY {_POINTING_ORDER} LIMIT :limit) AS found"
-    " ORDER BY found.addr, found.pending DESC, found.name"
+    f" ORDER BY found.addr, {_POINTING_ORDER}"  # pending and name are found's alone
 ).bindparams(bindparam("ids", type_=ARRAY(String)), bindparam("limit"))
 
 
@@ -453,8 +453,9 @@ _Found = TypeVar("_Found")
 
 
 class CoalescedReads(Generic[_Found]):
-    """Point reads by key, the keys asked while NAME_READS_IN_FLIGHT reads are on their way
-    sent together in the next (at most NAME_READS_LIMIT keys each).
+    """Point reads by key, the keys asked while `in_flight` reads (NAME_READS_IN_FLIGHT
+    unless given) are on their way sent together in the next (at most NAME_READS_LIMIT
+    keys each).
 
     Each read is fresh (nothing is kept between them): a caller gets what SQL held at a
     moment after it asked. A caller that goes away (a cancelled request) leaves the others
@@ -467,7 +468,7 @@ class CoalescedReads(Generic[_Found]):
     ) -> None:
         self.read = read
         self._waiting: dict[str, list[asyncio.Future[_Found | None]]] = {}
-        self._senders = Senders(in_flight or NAME_READS_IN_FLIGHT)
+        self._senders = Senders(NAME_READS_IN_FLIGHT if in_flight is None else in_flight)
         # Reads sent and keys they held, for tests and the benchmark.
         self.reads = 0
         self.keys_read = 0
